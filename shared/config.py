@@ -100,6 +100,10 @@ class WebsocketConfig(_Section):
     streams_per_connection: int = Field(200, ge=1, le=1024)
     close_grace: float = Field(3, gt=0, description="seconds after due before REST fetches a kline")
     max_connection_age: float = Field(23 * 3600, gt=0, description="rotate before Binance's 24 h cut")
+    early_rest_close: float = Field(
+        0.5, ge=0, description="seconds after a close to fetch it over REST when the socket's "
+        "x:true is measured to arrive later than that (Binance: ~2 s); 0 = never"
+    )
 
 
 class RiskConfig(_Section):
@@ -113,6 +117,31 @@ class RiskConfig(_Section):
     counter_trend_confidence: float = Field(0.7, ge=0, le=1)
     kelly_fraction: float = Field(0.5, gt=0, le=1)
     protection_grace: float = Field(10, ge=0, description="seconds a position may lack its stop")
+    # position controller exit rules (services/position_controller/rules.py)
+    emergency_close_enabled: bool = True
+    liquidation_guard_enabled: bool = True
+    entry_invalidation_enabled: bool = True
+    counter_trend_enabled: bool = True
+    time_stop_enabled: bool = True
+    protection_check_enabled: bool = True
+    no_progress_fraction: float = Field(
+        0.25, ge=0, le=10, description="best excursion must reach this share of the stop distance"
+    )
+    counter_trend_min_strength: float = Field(
+        0.2, ge=0, le=1, description="|trend regime| against the position needed to close"
+    )
+    maint_margin_rate: float = Field(
+        0.004, ge=0, lt=1, description="for estimating an isolated position's liquidation price"
+    )
+    fallback_stop_fraction: float = Field(
+        0.02, gt=0, lt=1, description="stop distance / entry when neither record nor ATR gives one"
+    )
+    fallback_take_profit_fraction: float = Field(0.03, gt=0, lt=1)
+    close_retry_seconds: float = Field(15, gt=0, description="re-send an unanswered close after")
+    reconcile_grace: float = Field(5, ge=0, description="skip repairing a position this fresh")
+    entry_price_tolerance: float = Field(
+        1e-6, ge=0, lt=1, description="relative entry price gap that counts as drift"
+    )
 
 
 class ExchangeConfig(_Section):
@@ -208,7 +237,13 @@ class ServiceConfig(_Section):
     )
     heartbeat_interval: float = Field(2, gt=0)
     heartbeat_ttl: float = Field(15, gt=0)
-    instance_index: int = Field(0, ge=0, description="this replica's shard (kline_feed)")
+    fallback_interval: float = Field(5, gt=0, description="rest_fallback check period, seconds")
+    fallback_stale_after: float = Field(
+        30, gt=0, description="kline stale this long past its next close -> REST (seed: 30 s)"
+    )
+    instance_index: int = Field(
+        0, ge=-1, description="this replica's shard (kline_feed); -1 = claim a free one in Redis"
+    )
     instance_count: int = Field(1, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     reports_dir: str = "var/reports"

@@ -1,0 +1,398 @@
+"""Closed-trade ledger: turns the stream of fills and funding into `ClosedTrade`s.
+
+WHY here: the position controller sees every fill of every order (entries, its own
+closes, stops/targets triggered by the exchange, liquidations, manual orders), so it is the
+one place that can say when a round trip ended and why.  Pure: fills and funding in,
+trades out; the service publishes them and the learner labels samples with them.
+
+One-way mode: one lot per symbol.  A lot opens on the first fill from flat, grows with
+fills in its direction, shrinks with opposite fills and closes when its size reaches 0.
+A fill larger than the open size (a non-reduce-only order) closes the lot with reason
+`flip` and opens the opposite lot with the rest (fees split by quantity).
+
+Money: gross PnL is the sum of Binance's realized profit (`rp`) of the closing fills, fees
+are the commissions (`n`) in the quote asset, funding is signed (> 0 received), and
+net = gross - fees + funding, exactly, in Decimal.  Entry and exit prices are
+volume-weighted over all entry / all closing fills.
+
+Exactly once: a fill is keyed by (symbol, trade id `t`) — or (order id, filled quantity)
+when `t` is 0 — and a replayed fill is ignored; a trade id (`SYMBOL-<open ms>`) is emitted
+once.  Both memories are bounded (LRU).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+from services.position_controller.protection import STOP_TYPES, TAKE_PROFIT_TYPES
+from services.position_controller.rules import reason_from_order_id
+from services.trader.order_ids import PURPOSE_CODES
+from shared.models import AccountUpdate, AlgoUpdate, ClosedTrade, DecisionRecord, OrderUpdate
+
+log = logging.getLogger(__name__)
+
+_ZERO = Decimal(0)
+EXIT_REASONS = frozenset(
+    {"stop_loss", "take_profit", "emergency", "invalidation", "counter_trend", "time_stop",
+     "liquidation", "manual", "flip", "external"}
+)  # fmt: skip
+_PROTECT = {"protect_stop": "stop_loss", "protect_take_profit": "take_profit"}
+# The trader's protective orders: `slt-s-...` stop, `slt-t-...` take-profit.
+_TRADER_IDS = {
+    f"slt-{PURPOSE_CODES[p]}-": reason
+    for p, reason in (("stop", "stop_loss"), ("take_profit", "take_profit"))
+}
+DecisionLookup = Callable[[str], DecisionRecord | None]
+
+
+@dataclass(slots=True)
+class Lot:
+    """One open position's life so far (mutable; owned by the Ledger)."""
+
+    symbol: str
+    side: str  # LONG | SHORT
+    open_time: int
+    entry_client_id: str
+    qty: Decimal = _ZERO  # open size, > 0
+    entry_qty: Decimal = _ZERO
+    entry_notional: Decimal = _ZERO
+    exit_qty: Decimal = _ZERO
+    exit_notional: Decimal = _ZERO
+    realized: Decimal = _ZERO
+    fees: Decimal = _ZERO
+    funding: Decimal = _ZERO
+    last_time: int = 0
+    leverage: int | None = None
+    estimated: bool = False  # part of it was inferred (adopted / external), not filled
+
+    @property
+    def direction(self) -> int:
+        return 1 if self.side == "LONG" else -1
+
+    @property
+    def entry_price(self) -> Decimal:
+        return self.entry_notional / self.entry_qty if self.entry_qty else _ZERO
+
+    @property
+    def trade_id(self) -> str:
+        return f"{self.symbol}-{self.open_time}"
+
+    def add_entry(self, qty: Decimal, price: Decimal, time_ms: int) -> None:
+        self.qty += qty
+        self.entry_qty += qty
+        self.entry_notional += qty * price
+        self.last_time = max(self.last_time, time_ms)
+
+    def add_exit(self, qty: Decimal, price: Decimal, time_ms: int) -> None:
+        self.qty -= qty
+        self.exit_qty += qty
+        self.exit_notional += qty * price
+        self.last_time = max(self.last_time, time_ms)
+
+
+class _Lru:
+    """A bounded set: remembers the last `limit` keys."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._d: OrderedDict[Hashable, None] = OrderedDict()
+
+    def add(self, key: Hashable) -> bool:
+        """True when the key is new."""
+        if key in self._d:
+            self._d.move_to_end(key)
+            return False
+        self._d[key] = None
+        if len(self._d) > self.limit:
+            self._d.popitem(last=False)
+        return True
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._d
+
+
+def exit_reason(fill: OrderUpdate, algo_types: dict[int, str] | None = None) -> str:
+    """Why the fill that closed a position happened, from its order type and client id.
+
+    Binance liquidation orders have type LIQUIDATION and client ids `autoclose-...`; ADL
+    uses `adl_autoclose`; a delisting settlement `settlement_autoclose-...` (external).
+    Our own ids carry their reason; a triggered conditional order keeps its original type
+    (`ot`).  Anything else is a manual order (an id we do not know)."""
+    cid = fill.client_order_id
+    if "LIQUIDATION" in (fill.order_type, fill.original_type):
+        return "liquidation"
+    if cid.startswith(("autoclose-", "adl_autoclose")):
+        return "liquidation"
+    if cid.startswith("settlement_autoclose"):
+        return "external"
+    ours = reason_from_order_id(cid)
+    if ours is not None:
+        return _PROTECT.get(ours, ours)
+    for prefix, reason in _TRADER_IDS.items():
+        if cid.startswith(prefix):
+            return reason
+    otype = fill.original_type or fill.order_type
+    if algo_types is not None and otype not in STOP_TYPES | TAKE_PROFIT_TYPES:
+        otype = algo_types.get(fill.order_id, otype)
+    if otype in STOP_TYPES:
+        return "stop_loss"
+    if otype in TAKE_PROFIT_TYPES:
+        return "take_profit"
+    return "manual"
+
+
+@dataclass(slots=True)
+class LedgerCounters:
+    fills: int = 0
+    duplicate_fills: int = 0
+    orphan_close_fills: int = 0
+    trades: int = 0
+    duplicate_trades: int = 0
+    funding_events: int = 0
+    unattributed_funding: int = 0
+    foreign_fee_fills: int = 0
+    lookup_errors: int = 0
+
+
+class Ledger:
+    """Tracks each symbol's lot and emits a ClosedTrade when it ends."""
+
+    def __init__(
+        self,
+        decision_lookup: DecisionLookup | None = None,
+        *,
+        quote_asset: str = "USDT",
+        memory: int = 200_000,
+    ) -> None:
+        self._lookup = decision_lookup
+        self.quote_asset = quote_asset
+        self._lots: dict[str, Lot] = {}
+        self._seen_fills = _Lru(memory)
+        self._emitted = _Lru(memory)
+        self._seen_funding = _Lru(memory)
+        self._algo_types: OrderedDict[int, str] = OrderedDict()
+        self._memory = memory
+        self.counters = LedgerCounters()
+
+    # ---- queries --------------------------------------------------------------------
+    def lot(self, symbol: str) -> Lot | None:
+        return self._lots.get(symbol)
+
+    @property
+    def lots(self) -> dict[str, Lot]:
+        return dict(self._lots)
+
+    # ---- events ---------------------------------------------------------------------
+    def on_algo_update(self, update: AlgoUpdate) -> None:
+        """Remember the conditional type of a triggered algo order's matching-engine order,
+        so its fill is classified stop_loss / take_profit even if `ot` says MARKET."""
+        if update.order_id:
+            try:
+                oid = int(update.order_id)
+            except ValueError:
+                return
+            self._algo_types[oid] = update.order_type
+            if len(self._algo_types) > self._memory:
+                self._algo_types.popitem(last=False)
+
+    def on_fill(self, fill: OrderUpdate, leverage: int | None = None) -> list[ClosedTrade]:
+        """Apply one ORDER_TRADE_UPDATE; returns the trades it closed (0, or 1)."""
+        if not fill.is_fill or fill.last_filled_qty <= 0:
+            return []
+        key = (fill.symbol, fill.trade_id) if fill.trade_id else (
+            fill.symbol, "o", fill.order_id, fill.filled_qty)  # fmt: skip
+        if not self._seen_fills.add(key):
+            self.counters.duplicate_fills += 1
+            return []
+        self.counters.fills += 1
+        fee = self._fee(fill)
+        qty, price, t = fill.last_filled_qty, fill.last_filled_price, fill.trade_time
+        direction = 1 if fill.side == "BUY" else -1
+        lot = self._lots.get(fill.symbol)
+        if lot is None:
+            if fill.reduce_only or fill.close_position or exit_reason(fill) == "liquidation":
+                self.counters.orphan_close_fills += 1  # closes a position we never saw open
+                return []
+            self._open(fill, qty, price, fee, leverage)
+            return []
+        if leverage is not None:
+            lot.leverage = leverage
+        if direction == lot.direction:
+            lot.add_entry(qty, price, t)
+            lot.fees += fee
+            return []
+        closing = min(qty, lot.qty)
+        close_fee = fee if closing == qty else fee * closing / qty
+        lot.add_exit(closing, price, t)
+        lot.fees += close_fee
+        lot.realized += fill.realized_pnl
+        if lot.qty > 0:
+            return []
+        rest = qty - closing
+        reason = "flip" if rest > 0 else exit_reason(fill, self._algo_types)
+        trade = self._finish(lot, reason)
+        if rest > 0:
+            self._open(fill, rest, price, fee - close_fee, leverage)
+        return [trade] if trade is not None else []
+
+    def on_funding(self, symbol: str, amount: Decimal, time_ms: int, ref: Hashable = None) -> bool:
+        """Funding paid (< 0) or received (> 0) on a symbol's open lot; deduplicated by
+        `ref` (e.g. the income tranId) or (symbol, time, amount)."""
+        if not self._seen_funding.add(ref if ref is not None else (symbol, time_ms, amount)):
+            return False
+        lot = self._lots.get(symbol)
+        if lot is None:
+            self.counters.unattributed_funding += 1
+            return False
+        lot.funding += amount
+        self.counters.funding_events += 1
+        return True
+
+    def on_account_update(self, update: AccountUpdate) -> None:
+        """FUNDING_FEE balance changes.  Isolated: the event names the position.  Cross:
+        it does not; with one open lot it is exact, with several it is split by notional
+        (an approximation — feed `on_funding` from REST income rows for exact figures)."""
+        if update.reason != "FUNDING_FEE":
+            return
+        amount = sum(
+            (b.balance_change for b in update.balances if b.asset == self.quote_asset), _ZERO
+        )
+        if amount == 0 or not self._seen_funding.add(("acct", update.transaction_time, amount)):
+            return
+        named = [p.symbol for p in update.positions if p.symbol in self._lots]
+        targets = named or list(self._lots)
+        if not targets:
+            self.counters.unattributed_funding += 1
+            return
+        weights = [self._lots[s].qty * self._lots[s].entry_price for s in targets]
+        total = sum(weights, _ZERO)
+        shares = [amount * w / total if total else amount / len(targets) for w in weights]
+        shares[-1] = amount - sum(shares[:-1], _ZERO)  # the sum stays exact
+        for sym, share in zip(targets, shares, strict=True):
+            self._lots[sym].funding += share
+        self.counters.funding_events += 1
+
+    # ---- positions seen without fills -----------------------------------------------
+    def adopt(
+        self, symbol: str, size: Decimal, entry_price: Decimal, time_ms: int,
+        leverage: int | None = None,
+    ) -> Lot | None:  # fmt: skip
+        """Start a lot for a position we did not see open (behind our back, or before a
+        restart).  No-op when a lot exists or the size is 0."""
+        if size == 0 or symbol in self._lots:
+            return self._lots.get(symbol)
+        lot = Lot(symbol, "LONG" if size > 0 else "SHORT", time_ms, "", leverage=leverage,
+                  estimated=True)  # fmt: skip
+        lot.add_entry(abs(size), entry_price, time_ms)
+        self._lots[symbol] = lot
+        return lot
+
+    def close_external(
+        self, symbol: str, time_ms: int, price: Decimal | None = None
+    ) -> ClosedTrade | None:
+        """The exchange shows no position but a lot is open: we missed its closing fills.
+        The rest is closed at `price` (else the entry price), PnL estimated from it."""
+        lot = self._lots.get(symbol)
+        if lot is None:
+            return None
+        self._reduce_estimated(lot, lot.qty, price, time_ms)
+        return self._finish(lot, "external")
+
+    def resync(
+        self, symbol: str, size: Decimal, entry_price: Decimal, time_ms: int,
+        price: Decimal | None = None, leverage: int | None = None,
+    ) -> list[ClosedTrade]:  # fmt: skip
+        """Make the lot match the exchange's size (reconciliation found drift)."""
+        lot = self._lots.get(symbol)
+        out: list[ClosedTrade] = []
+        if lot is not None and (size == 0 or (size > 0) != (lot.direction > 0)):
+            trade = self.close_external(symbol, time_ms, price)
+            out += [trade] if trade is not None else []
+            lot = None
+        if lot is None:
+            self.adopt(symbol, size, entry_price, time_ms, leverage)
+            return out
+        target = abs(size)
+        if target < lot.qty:
+            self._reduce_estimated(lot, lot.qty - target, price, time_ms)
+        elif target > lot.qty:
+            lot.add_entry(target - lot.qty, entry_price, time_ms)
+            lot.estimated = True
+        return out
+
+    # ---- internals ------------------------------------------------------------------
+    def _fee(self, fill: OrderUpdate) -> Decimal:
+        if fill.commission_asset in ("", self.quote_asset):
+            return fill.commission
+        self.counters.foreign_fee_fills += 1  # e.g. BNB fees: not convertible here
+        return _ZERO
+
+    def _open(
+        self, fill: OrderUpdate, qty: Decimal, price: Decimal, fee: Decimal, leverage: int | None
+    ) -> None:
+        side = "LONG" if fill.side == "BUY" else "SHORT"
+        lot = Lot(fill.symbol, side, fill.trade_time, fill.client_order_id, leverage=leverage)
+        lot.add_entry(qty, price, fill.trade_time)
+        lot.fees += fee
+        self._lots[fill.symbol] = lot
+
+    def _reduce_estimated(
+        self, lot: Lot, qty: Decimal, price: Decimal | None, time_ms: int
+    ) -> None:
+        px = price if price is not None and price > 0 else lot.entry_price
+        lot.realized += (px - lot.entry_price) * qty * lot.direction
+        lot.add_exit(qty, px, time_ms)
+        lot.estimated = True
+
+    def _finish(self, lot: Lot, reason: str) -> ClosedTrade | None:
+        del self._lots[lot.symbol]
+        if not self._emitted.add(lot.trade_id):
+            self.counters.duplicate_trades += 1
+            return None
+        decision = self._decision(lot.entry_client_id)
+        lev = lot.leverage or (decision.leverage if decision is not None else None) or 1
+        exit_price = lot.exit_notional / lot.exit_qty if lot.exit_qty else lot.entry_price
+        self.counters.trades += 1
+        return ClosedTrade(
+            trade_id=lot.trade_id, symbol=lot.symbol, side=lot.side,  # type: ignore[arg-type]
+            quantity=lot.entry_qty, entry_price=lot.entry_price, exit_price=exit_price,
+            entry_time=lot.open_time, exit_time=lot.last_time, fees=lot.fees,
+            funding=lot.funding, gross_pnl=lot.realized,
+            net_pnl=lot.realized - lot.fees + lot.funding, exit_reason=reason,
+            leverage=lev, decision=decision,
+        )  # fmt: skip
+
+    def _decision(self, client_id: str) -> DecisionRecord | None:
+        if not client_id or self._lookup is None:
+            return None
+        try:
+            return self._lookup(client_id)
+        except Exception as exc:  # a failing lookup must not lose the trade
+            self.counters.lookup_errors += 1
+            log.warning("decision lookup failed for %s: %r", client_id, exc)
+            return None
+
+    # ---- persistence ----------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Open lots as plain data, so a restarted service resumes mid-trade."""
+        return {"lots": [asdict(lot) for lot in self._lots.values()]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Inverse of `to_state`; Decimal fields may come back as strings (JSON)."""
+        for row in state.get("lots", []):
+            data = dict(row)
+            for name in _DECIMAL_FIELDS:
+                data[name] = Decimal(str(data[name]))
+            lot = Lot(**data)
+            self._lots[lot.symbol] = lot
+
+
+_DECIMAL_FIELDS = (
+    "qty", "entry_qty", "entry_notional", "exit_qty", "exit_notional", "realized", "fees",
+    "funding",
+)  # fmt: skip
