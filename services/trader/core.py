@@ -1,0 +1,314 @@
+"""`TraderCore`: the trader's pure decision core, shared by the service and the backtest.
+
+Feed it closed klines (`on_closed_kline`), ask it at each minute close (`decide`), tell it
+about closed trades (`on_closed_trade`).  No Redis, no sockets, no clock: every time is an
+argument, so the same inputs give the same decisions, in the live service and in a replay.
+
+Per minute: the candidates produced by that minute's klines are scored by the model in ONE
+batched call, get a leverage (win rate x confidence, leverage.py) and a size (sizing.py),
+and compete for the free slots (ranking.py).  Every candidate becomes a `Decision` (taken or
+not, with its reason) for `slt:stream:signals`; a taken one carries its `OrderIntent`s -
+entry, then STOP_MARKET and TAKE_PROFIT_MARKET with closePosition=true - with deterministic
+client order ids, and the `DecisionRecord` that later labels the closed trade.
+
+The model boundary: any exception from the model (or a non-finite / out-of-range output)
+is logged and counted, and that minute's candidates are decided with reason `model_error`;
+a failing model never turns into an order.  With no trained model yet, the signal's own
+score is the confidence and the model version reads `baseline`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from services.trader import ranking
+from services.trader.leverage import WinRateTracker, compute_leverage
+from services.trader.order_ids import client_order_id
+from services.trader.ranking import RankInput
+from services.trader.signals import (
+    MODEL_FEATURE_NAMES,
+    Candidate,
+    SignalParams,
+    evaluate,
+    model_row,
+)
+from services.trader.sizing import SizedEntry, SizingSkip, size_entry
+from shared.filters import SymbolFilters
+from shared.market_context import BadKline, MarketContextBank
+from shared.models import ClosedTrade, DecisionRecord, OrderIntent
+
+log = logging.getLogger(__name__)
+
+BASELINE_VERSION = "baseline"
+NO_FILTERS = "no_filters"
+STRATEGY_VERSION = "slt-1"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One ranked candidate of one minute; `intents` only when taken."""
+
+    symbol: str
+    side: str
+    strategy: str
+    minute_open_time: int
+    rank: int
+    taken: bool
+    reason: str
+    score: float
+    confidence: float
+    expected_value: float
+    win_rate: float
+    leverage: int
+    model_version: str
+    signal_reasons: tuple[str, ...] = ()
+    detail: str = ""
+    intents: tuple[OrderIntent, ...] = ()
+    record: DecisionRecord | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("intents", "record")
+        }
+        d["signal_reasons"] = list(self.signal_reasons)
+        d["intents"] = [i.to_dict() for i in self.intents]
+        d["record"] = None if self.record is None else self.record.to_dict()
+        return d
+
+
+@dataclass(slots=True)
+class CoreCounters:
+    klines: int = 0
+    duplicate_klines: int = 0
+    bad_klines: int = 0
+    candidates: int = 0
+    model_errors: int = 0
+    sample_errors: int = 0
+    trades: int = 0
+    last_error: str = field(default="")
+
+
+def _open_exposure(positions: Mapping[str, Any]) -> tuple[list[str], float]:
+    """(symbols held, sum of |size| x entry price).  A value may be a `Position`-like object
+    (held while its size is not 0) or a plain notional number (held while not 0)."""
+    held, total = [], 0.0
+    for symbol, p in positions.items():
+        if isinstance(p, int | float | Decimal):
+            size = notional = abs(float(p))
+        else:
+            size = abs(float(p.size))
+            notional = size * float(p.entry_price)
+        if size > 0.0:
+            held.append(symbol)
+            total += notional
+    return held, total
+
+
+class TraderCore:
+    def __init__(
+        self,
+        settings: Any,
+        filters: Mapping[str, SymbolFilters],
+        learner: Any = None,
+        *,
+        signal_params: SignalParams | None = None,
+        strategy_version: str = STRATEGY_VERSION,
+    ) -> None:
+        self.trading, self.risk = settings.trading, settings.risk
+        self.taker_fee = float(settings.exchange.taker_fee)
+        self.filters = dict(filters)
+        self.learner = learner
+        self.params = signal_params or SignalParams.from_risk(settings.risk)
+        self.strategy_version = strategy_version
+        self.bank = MarketContextBank(settings.exchange.symbols)
+        self._contexts = self.bank.contexts  # the same dict, read on the per-bar path
+        self.win_rate = WinRateTracker.from_config(settings.model)
+        self.counters = CoreCounters()
+        self._pending: dict[str, list[Candidate]] = {}
+        self._market = self.trading.entry_order_type == "MARKET"
+        self.last_received_ms = 0
+
+    # ---- events ------------------------------------------------------------------------
+    def on_closed_kline(self, kline: Any, now_ms: int) -> None:
+        """Update the symbol's context and remember this bar's candidates (usually none).
+        `now_ms` is the receive time of the event; the core reads no clock."""
+        if not getattr(kline, "closed", True):
+            return
+        self.last_received_ms = now_ms  # for the shell's latency metrics
+        symbol = kline.symbol
+        ctx = self._contexts.get(symbol) or self.bank.get(symbol)
+        try:
+            applied = ctx.update(
+                kline.open_time, kline.open, kline.high, kline.low, kline.close, kline.volume,
+                kline.quote_volume, kline.trades, kline.taker_buy_volume,
+            )  # fmt: skip
+        except BadKline as exc:
+            self.counters.bad_klines += 1
+            self.counters.last_error = str(exc)
+            return
+        if not applied:
+            self.counters.duplicate_klines += 1
+            return
+        self.counters.klines += 1
+        cands = evaluate(ctx, self.params)
+        if cands:
+            self._pending[symbol] = cands
+            self.counters.candidates += len(cands)
+        elif symbol in self._pending:
+            del self._pending[symbol]
+
+    def on_closed_trade(self, trade: ClosedTrade) -> bool:
+        """Win rate + learning sample (each trade id once).  False for a repeat."""
+        new = self.win_rate.add(trade.trade_id, trade.won)
+        if new:
+            self.counters.trades += 1
+        if new and trade.decision is not None and self.learner is not None:
+            try:
+                self.learner.add_closed_trade(
+                    trade.decision.features, float(trade.net_pnl), trade.trade_id, trade.exit_time
+                )
+            except Exception as exc:  # a bad sample must not stop the trader; count it
+                self.counters.sample_errors += 1
+                self.counters.last_error = f"sample {trade.trade_id}: {exc}"
+                log.warning(
+                    "closed trade not learned",
+                    extra={"trade_id": trade.trade_id, "error": str(exc)},
+                )
+        return new
+
+    def maybe_retrain(self, now_ms: int) -> Any:
+        return None if self.learner is None else self.learner.maybe_retrain(now_ms)
+
+    # ---- the minute's decision ---------------------------------------------------------
+    def pending_candidates(self, minute_open_time: int) -> list[Candidate]:
+        return [c for s in sorted(self._pending) for c in self._pending[s]
+                if c.open_time == minute_open_time]  # fmt: skip
+
+    def _score(
+        self, rows: list[list[float]], cands: list[Candidate]
+    ) -> tuple[list[float], str, str | None]:
+        """(confidences, model version, error reason) with one batched model call."""
+        champion = getattr(self.learner, "champion", None)
+        if champion is None:
+            return [c.score for c in cands], BASELINE_VERSION, None
+        version = champion.meta.version
+        try:
+            p = np.asarray(champion.predict(np.array(rows, dtype=np.float64)), dtype=np.float64)
+            if p.shape != (len(rows),) or not np.all((p >= 0.0) & (p <= 1.0)):
+                raise ValueError(f"model output shape {p.shape} or values out of [0, 1]")
+            return p.tolist(), version, None
+        except Exception as exc:  # the model boundary: log, count, decide `model_error`
+            self.counters.model_errors += 1
+            self.counters.last_error = f"model {version}: {exc!r}"
+            log.error(
+                "model failed; no entries this minute",
+                extra={"model_version": version, "error": repr(exc)},
+            )
+            return [0.0] * len(cands), version, ranking.MODEL_ERROR
+
+    def decide(
+        self,
+        minute_open_time: int,
+        equity: Decimal | float,
+        available: Decimal | float,
+        open_positions: Mapping[str, Any],
+        halted: bool,
+    ) -> list[Decision]:
+        """Decisions for the candidates of `minute_open_time` (none: []), best EV first.
+        `open_positions`: symbol -> Position-like (size, entry_price) or a notional."""
+        cands = self.pending_candidates(minute_open_time)
+        if not cands:
+            return []
+        feats = {c.symbol: self.bank[c.symbol].features_list() for c in cands}
+        rows = [model_row(feats[c.symbol], c) for c in cands]
+        conf, version, error = self._score(rows, cands)
+        p = self.win_rate.rate
+        levs = [self._leverage(c, conf[i], p) if error is None else 1 for i, c in enumerate(cands)]
+        inputs = [
+            RankInput(i, c.symbol, c.side, c.strategy, conf[i], c.reward_pct, c.risk_pct,
+                      2.0 * self.taker_fee, blocked=error or self._no_filters(c.symbol))
+            for i, c in enumerate(cands)
+        ]  # fmt: skip
+        sized: dict[int, SizedEntry | SizingSkip] = {}
+
+        def size(item: RankInput) -> tuple[float, str | None]:
+            """Lazily, only for candidates that reach the exposure check."""
+            sz = sized[item.key] = self._size(cands[item.key], levs[item.key], equity, available)
+            return (float(sz.notional), None) if isinstance(sz, SizedEntry) else (0.0, sz.reason)
+
+        held, exposure = _open_exposure(open_positions)
+        ranked = ranking.rank(
+            inputs, open_symbols=held, open_notional=exposure, equity=float(equity),
+            max_positions=self.trading.max_positions,
+            max_total_exposure=self.trading.max_total_exposure,
+            min_confidence=self.risk.min_confidence, halted=halted, size=size,
+        )  # fmt: skip
+        out = []
+        for r in ranked:
+            i = r.item.key
+            c, sz = cands[i], sized.get(i)
+            intents: tuple[OrderIntent, ...] = ()
+            record = None
+            if r.taken and isinstance(sz, SizedEntry):
+                intents, record = self._orders(c, sz, levs[i], conf[i], p, version, rows[i])
+            detail = sz.detail if isinstance(sz, SizingSkip) else ""
+            out.append(Decision(c.symbol, c.side, c.strategy, minute_open_time, r.rank, r.taken,
+                                r.reason, c.score, conf[i], r.ev, p, levs[i], version, c.reasons,
+                                detail, intents, record))  # fmt: skip
+        return out
+
+    def _no_filters(self, symbol: str) -> str | None:
+        return None if symbol in self.filters else NO_FILTERS
+
+    def _leverage(self, c: Candidate, conf: float, win_rate: float) -> int:
+        f = self.filters.get(c.symbol)
+        return compute_leverage(
+            win_rate, conf, c.reward_pct / c.risk_pct, c.risk_pct,
+            kelly_fraction=self.risk.kelly_fraction, max_leverage=self.risk.max_leverage,
+            bracket_max=None if f is None else f.max_leverage,
+            liquidation_buffer=self.risk.liquidation_buffer,
+        ).leverage  # fmt: skip
+
+    def _size(
+        self, c: Candidate, lev: int, equity: Decimal | float, available: Decimal | float
+    ) -> SizedEntry | SizingSkip:
+        return size_entry(
+            side=c.side, entry=c.entry, stop=c.stop, take_profit=c.take_profit, equity=equity,
+            available=available, leverage=lev, risk_per_trade=self.trading.risk_per_trade,
+            min_notional=self.risk.min_notional, taker_fee=self.taker_fee,
+            filters=self.filters[c.symbol], market=self._market, invalidation=c.invalidation,
+        )  # fmt: skip
+
+    def _orders(
+        self, c: Candidate, sz: SizedEntry, lev: int, conf: float, win_rate: float,
+        version: str, row: list[float],
+    ) -> tuple[tuple[OrderIntent, ...], DecisionRecord]:  # fmt: skip
+        """Entry + protective close-position orders, ids derived from the decision."""
+        buy, sell = ("BUY", "SELL") if c.side == "LONG" else ("SELL", "BUY")
+
+        def cid(purpose: str) -> str:
+            return client_order_id(c.symbol, c.side, c.open_time, purpose, self.strategy_version)
+
+        why = f"{c.strategy} conf={conf:.3f}"
+        entry = OrderIntent(
+            c.symbol, buy, "MARKET" if self._market else "LIMIT", sz.quantity, cid("entry"),
+            "entry", price=None if self._market else sz.entry_price, leverage=lev, reason=why,
+            time_in_force=None if self._market else "GTC",
+        )  # fmt: skip
+        stop = OrderIntent(c.symbol, sell, "STOP_MARKET", None, cid("stop"), "stop",
+                           stop_price=sz.stop_price, close_position=True, reason=why)  # fmt: skip
+        take = OrderIntent(c.symbol, sell, "TAKE_PROFIT_MARKET", None, cid("take_profit"),
+                           "take_profit", stop_price=sz.take_profit_price, close_position=True,
+                           reason=why)  # fmt: skip
+        record = DecisionRecord(
+            entry.client_order_id, c.symbol, c.side, c.open_time,
+            dict(zip(MODEL_FEATURE_NAMES, row, strict=True)), version, conf, win_rate, lev,
+            sz.stop_price, sz.take_profit_price, sz.entry_price, sz.invalidation_price,
+        )  # fmt: skip
+        return (entry, stop, take), record
