@@ -61,6 +61,13 @@ class Keys:
         """Stream by short name (`klines`, `account`, ...), for the CLI's `slt tail`."""
         return f"{self.prefix}stream:{name}"
 
+    @staticmethod
+    def dead_letter(stream: str) -> str:
+        """Dead-letter stream of `stream`: entries a consumer group failed to handle
+        `max_deliveries` times (or marked poison). Writer: shared.bus.Consumer of any
+        service. Reader: an operator (`redis-cli XRANGE <stream>:dead - +`), reporter."""
+        return f"{stream}:dead"
+
     # ---- latest state (hashes) ---------------------------------------------
     def kline(self, symbol: str) -> str:
         """Latest closed kline of a symbol (seed cache format). Writer: kline_feed/rest_fallback."""
@@ -92,8 +99,17 @@ class Keys:
 
     @property
     def account_state(self) -> str:
-        """Hash with last event time per symbol/asset (older events never overwrite newer)."""
+        """Hash with last event time per symbol/asset (older events never overwrite newer).
+        Fields `position:<SYM>`, `balance:<ASSET>`, `leverage:<SYM>` -> epoch ms.
+        Writer: account_feed (services/account_feed/cache.py, one Lua script)."""
         return f"{self.prefix}account:event_time"
+
+    @property
+    def account_leverage(self) -> str:
+        """Hash symbol -> leverage (symbolConfig at start, ACCOUNT_CONFIG_UPDATE after):
+        ACCOUNT_UPDATE and positionRisk v3 carry none.  Writer: account_feed.
+        Readers: account_feed's cache script (fills `leverage` in position hashes)."""
+        return f"{self.prefix}account:leverage"
 
     def health(self, service: str) -> str:
         """Heartbeat + stats of one service instance (TTL). Writer: that service."""
@@ -102,6 +118,18 @@ class Keys:
     @property
     def health_pattern(self) -> str:
         return f"{self.prefix}health:*"
+
+    def health_instances_pattern(self, service: str) -> str:
+        """Every heartbeat of one service, sharded or not (`kline_feed`, `kline_feed:2`).
+        Reader: rest_fallback (is any kline_feed / account_feed alive?)."""
+        return f"{self.prefix}health:{service}*"
+
+    # ---- sharding ----------------------------------------------------------
+    def shard_lease(self, service: str, index: int) -> str:
+        """Lease on shard `index` of a scaled-out service (value: the holder's token, with
+        a TTL renewed by the holder).  Writer: a replica started with instance_index=-1
+        (AUTO), e.g. `docker compose up --scale kline_feed=3`."""
+        return f"{self.prefix}shard:{service}:{index}"
 
     # ---- control -----------------------------------------------------------
     @property
@@ -142,6 +170,20 @@ class Keys:
         return f"{self.prefix}trades:recorded"
 
     @property
+    def pc_state(self) -> str:
+        """JSON of the position controller's state: open times, last applied account event
+        per symbol, tracked positions, ledger lots (so a restart resumes mid-trade without
+        a double close). Writer and reader: position_controller."""
+        return f"{self.prefix}position_controller:state"
+
+    @property
+    def pc_orders(self) -> str:
+        """Hash client order id -> JSON outcome of each close / protective order the
+        position controller sent (a decision replayed after a restart is not sent again).
+        Writer and reader: position_controller."""
+        return f"{self.prefix}position_controller:orders"
+
+    @property
     def orders_sent(self) -> str:
         """Set of client order ids already sent (a replayed decision is not re-sent)."""
         return f"{self.prefix}orders:sent"
@@ -160,6 +202,13 @@ class Keys:
     def report_days(self) -> str:
         """Set of UTC dates (YYYY-MM-DD) already reported (one report per day)."""
         return f"{self.prefix}reports:done"
+
+    @property
+    def report_baselines(self) -> str:
+        """Hash UTC date -> JSON {equity, feed counters} taken at the day's first event, so
+        a report shows the day's opening equity and feed counters over the day.
+        Writer: reporter. Reader: reporter (`slt report`)."""
+        return f"{self.prefix}reports:baselines"
 
     @property
     def alerts_active(self) -> str:
