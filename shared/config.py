@@ -99,10 +99,14 @@ class WebsocketConfig(_Section):
     stall_timeout: float = Field(30, gt=0, description="no message this long = dead socket")
     streams_per_connection: int = Field(200, ge=1, le=1024)
     close_grace: float = Field(3, gt=0, description="seconds after due before REST fetches a kline")
-    max_connection_age: float = Field(23 * 3600, gt=0, description="rotate before Binance's 24 h cut")
+    max_connection_age: float = Field(
+        23 * 3600, gt=0, description="rotate before Binance's 24 h cut"
+    )
     early_rest_close: float = Field(
-        0.5, ge=0, description="seconds after a close to fetch it over REST when the socket's "
-        "x:true is measured to arrive later than that (Binance: ~2 s); 0 = never"
+        0.5,
+        ge=0,
+        description="seconds after a close to fetch it over REST when the socket's "
+        "x:true is measured to arrive later than that (Binance: ~2 s); 0 = never",
     )
 
 

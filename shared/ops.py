@@ -37,7 +37,9 @@ async def read_health(client: aioredis.Redis, keys: Keys) -> dict[str, dict[str,
     return out
 
 
-async def print_status(settings: Settings, redis_url: str | None = None, as_json: bool = False) -> int:
+async def print_status(
+    settings: Settings, redis_url: str | None = None, as_json: bool = False
+) -> int:
     """Print the health of every service (a rich table, or JSON)."""
     keys = Keys(settings.redis.prefix)
     client = _client(redis_url or settings.redis.url)
@@ -46,28 +48,27 @@ async def print_status(settings: Settings, redis_url: str | None = None, as_json
         halted = await client.get(keys.halt)
     finally:
         await client.aclose()
-    now_ms = int(time.time() * 1000)
-    if as_json:
-        print(json.dumps({"services": health, "halted": bool(halted)}, indent=2, sort_keys=True))
-        return 0
     from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
 
-    table = Table(title="SelfLearningTrader status" + ("  [HALTED]" if halted else ""))
-    for col in ("service", "status", "heartbeat age", "details"):
-        table.add_column(col)
-    for name in sorted(health):
-        h = health[name]
-        age = (now_ms - int(h.get("heartbeat", "0") or 0)) / 1000
-        status = h.get("status", "?")
-        details = ", ".join(
-            f"{k}={v}" for k, v in sorted(h.items())
-            if k not in ("status", "heartbeat", "started_at", "pid") and len(v) < 40
-        )[:120]  # fmt: skip
-        table.add_row(name, status, f"{age:.1f}s", details)
-    if not health:
-        table.add_row("(none)", "down", "-", "no service has written a heartbeat")
-    Console().print(table)
+    from services.reporter.health_view import aggregate, render_status_table  # noqa: PLC0415
+
+    view = aggregate(
+        health,
+        now_ms=int(time.time() * 1000),
+        ttl_s=settings.service.heartbeat_ttl,
+        halted=bool(halted),
+    )
+    if as_json:
+        print(
+            json.dumps(
+                view.to_dict() if hasattr(view, "to_dict") else view,
+                indent=2,
+                default=str,
+                sort_keys=True,
+            )
+        )
+        return 0
+    Console().print(render_status_table(view))
     return 0
 
 

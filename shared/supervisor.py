@@ -119,7 +119,7 @@ class Supervisor:
             delay = min(delay * 2, self.max_delay)
             await self._spawn(state)
 
-    async def stop(self, timeout: float = 15.0) -> None:
+    async def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM every child (in reverse start order), then SIGKILL stragglers."""
         self._stopping.set()
         for state in reversed(list(self.children.values())):
@@ -129,7 +129,7 @@ class Supervisor:
         for state in self.children.values():
             if state.proc and state.proc.returncode is None:
                 try:
-                    await asyncio.wait_for(state.proc.wait(), timeout)
+                    await asyncio.wait_for(state.proc.wait(), grace_s)
                 except TimeoutError:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(state.proc.pid, signal.SIGKILL)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.config import REPO_ROOT, SERVICES, ConfigError, Settings, load_settings
+from shared.config import REPO_ROOT, ConfigError, Settings, load_settings
 from shared.supervisor import ChildSpec, Supervisor
 from shared.testing import RedisServer, free_port
 
@@ -117,8 +117,8 @@ async def _status_loop(settings: Settings, redis_url: str, every: float) -> None
             await print_status(settings, redis_url)
 
 
-async def _wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for_port(port: int, limit_s: float = 20.0) -> None:
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         try:
             _r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -126,7 +126,7 @@ async def _wait_for_port(port: int, timeout: float = 20.0) -> None:
             return
         except OSError:
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"simulator did not open port {port} within {timeout:.0f}s")
+    raise RuntimeError(f"simulator did not open port {port} within {limit_s:.0f}s")
 
 
 async def run_up(settings: Settings, args: argparse.Namespace) -> int:

@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith("SLT_") or name in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "SESSION_SECRET"):
+        if name.startswith("SLT_") or name in (
+            "BINANCE_API_KEY",
+            "BINANCE_API_SECRET",
+            "SESSION_SECRET",
+        ):
             monkeypatch.delenv(name, raising=False)
 
 

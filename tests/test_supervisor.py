@@ -27,15 +27,19 @@ async def _wait_for(cond, timeout: float = 10.0) -> None:
 
 async def test_dead_child_is_restarted_and_output_prefixed() -> None:
     out = io.StringIO()
-    crash = ChildSpec("crasher", [sys.executable, "-c", "print('hello', flush=True); raise SystemExit(3)"])
-    sleeper = ChildSpec("sleeper", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"])
+    crash = ChildSpec(
+        "crasher", [sys.executable, "-c", "print('hello', flush=True); raise SystemExit(3)"]
+    )
+    sleeper = ChildSpec(
+        "sleeper", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    )
     sup = Supervisor([crash, sleeper], base_delay=0.05, max_delay=0.2, color=False, out=out)
     await sup.start()
     try:
         await _wait_for(lambda: sup.restarts()["crasher"] >= 2)
         await _wait_for(lambda: "sleeper | up" in out.getvalue())
     finally:
-        await sup.stop(timeout=5)
+        await sup.stop(grace_s=5)
     text = out.getvalue()
     assert "crasher | hello" in text
     assert "crasher exited (3)" in text
@@ -56,7 +60,7 @@ async def test_stop_leaves_no_child_behind() -> None:
     await sup.start()
     await _wait_for(lambda: "stubborn | ready" in out.getvalue())
     pids = [p for p in sup.pids().values() if p]
-    await sup.stop(timeout=1)
+    await sup.stop(grace_s=1)
     assert len(pids) == 2
     for pid in pids:
         assert not _alive(pid)
