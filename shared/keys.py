@@ -149,6 +149,12 @@ class Keys:
         return f"{self.prefix}model:versions"
 
     @property
+    def trader_last_decided(self) -> str:
+        """Open time (ms) of the last minute the trader decided, so a minute replayed
+        after a restart is not decided (or published) twice. Writer and reader: trader."""
+        return f"{self.prefix}trader:last_decided_minute"
+
+    @property
     def learner_seen(self) -> str:
         """Set of closed-trade ids the learner has taken (each once). Writer: trader."""
         return f"{self.prefix}learner:seen_trades"

@@ -149,6 +149,8 @@ async def run_up(settings: Settings, args: argparse.Namespace) -> int:
     status_task: asyncio.Task[None] | None = None
     try:
         await sup.start()
+        for name, pid in sup.pids().items():
+            print(f"[slt up] started {name} pid={pid}")
         if sim_port is not None:
             await _wait_for_port(sim_port)
             print(f"[slt up] exchange simulator: http://127.0.0.1:{sim_port} (speed {args.speed}x)")
