@@ -354,7 +354,8 @@ class OrderUpdate(_Record):
 
     @property
     def is_fill(self) -> bool:
-        return self.execution_type == "TRADE"
+        """A trade against the book, or a liquidation / ADL fill (Binance: CALCULATED)."""
+        return self.execution_type in ("TRADE", "CALCULATED") and self.last_filled_qty > 0
 
 
 @dataclass(frozen=True, slots=True)
