@@ -85,6 +85,21 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return int(module.main(list(args.backtest_args)))
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    module = importlib.import_module("backtest.download")
+    return int(module.main(list(args.data_args)))
+
+
+# Sub-commands whose own parser takes every argument.  WHY not only REMAINDER: argparse's
+# REMAINDER positional does not take a leading option (`slt backtest --data x`, `slt up
+# --speed 60` fail with "unrecognized arguments").
+_PASS_THROUGH = {
+    "backtest": (_cmd_backtest, "backtest_args"),
+    "data": (_cmd_data, "data_args"),
+    "up": (_cmd_up, "up_args"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slt",
@@ -136,11 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     bt = sub.add_parser("backtest", help="backtest over kline files", add_help=False)
     bt.add_argument("backtest_args", nargs=argparse.REMAINDER)
     bt.set_defaults(func=_cmd_backtest)
+
+    dt = sub.add_parser(
+        "data", help="download Binance's public kline archive (slt data download ...)",
+        add_help=False,
+    )  # fmt: skip
+    dt.add_argument("data_args", nargs=argparse.REMAINDER)
+    dt.set_defaults(func=_cmd_data)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASS_THROUGH:
+        func, dest = _PASS_THROUGH[argv[0]]
+        args = argparse.Namespace(func=func, **{dest: argv[1:]})
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -364,6 +364,18 @@ class BinanceClient:
     async def account(self) -> dict[str, Any]:
         return await self._request("GET", "/fapi/v3/account", weight=5, signed=True)
 
+    async def symbol_config(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """`GET /fapi/v1/symbolConfig`: `leverage` and `marginType` per symbol (v3
+        positionRisk and ACCOUNT_UPDATE carry no leverage)."""
+        return await self._request("GET", "/fapi/v1/symbolConfig", {"symbol": symbol},
+                                   weight=5, signed=True)  # fmt: skip
+
+    async def position_risk_v2(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """`GET /fapi/v2/positionRisk`: every symbol, with `leverage` (for exchanges
+        without symbolConfig, such as the simulator)."""
+        return await self._request("GET", "/fapi/v2/positionRisk", {"symbol": symbol},
+                                   weight=5, signed=True)  # fmt: skip
+
     # ---- orders (signed) -------------------------------------------------------
     async def new_order(self, **params: Any) -> dict[str, Any]:
         """POST /fapi/v1/order with Binance's parameter names (`newClientOrderId`, ...).

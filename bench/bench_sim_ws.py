@@ -1,0 +1,187 @@
+"""How fast does the exchange simulator push klines? (`python -m bench.bench_sim_ws`)
+
+Setup: the simulator runs as its own process (`python -m services.exchange_sim`, 200
+symbols, 10 open-candle updates + 1 closing kline per symbol per simulated minute); one
+client in this process subscribes to all 200 `<symbol>@kline_1m` streams on one combined
+connection (`/market/stream?streams=...`) and parses every message with orjson.
+
+Expected rate = 200 x 11 x speed / 60 messages/s (speed 60 -> 2.2k/s, 1500 -> 55k/s).
+For each speed it prints messages/s received, the server process's CPU% (/proc), and how
+far the simulated clock ran ahead of the last event received (lag > 0 means the server or
+the client could not keep up and back-pressure slowed the stream down).
+
+Reference, same run, same client: a naive aiohttp server that sends one pre-encoded
+kline-sized message per `ws.send_frame` call in a tight loop — the ceiling of this client
+and of a per-message server write path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = (
+    b'{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1700000046666,"s":"BTCUSDT",'
+    b'"k":{"t":1700000040000,"T":1700000099999,"s":"BTCUSDT","i":"1m","f":491455,'
+    b'"L":498525,"o":"30028.90","c":"30035.60","h":"30046.90","l":"30009.30","v":"81.139",'
+    b'"n":7071,"x":false,"q":"2436652.85340","V":"43.339","Q":"1301912.04411","B":"0"}}}'
+)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux; no extra dependency)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_sim(symbols: int, speed: float) -> tuple[subprocess.Popen[str], str]:
+    cmd = [
+        sys.executable, "-m", "services.exchange_sim", "--port", "0", "--symbols", str(symbols),
+        "--speed", str(speed), "--history-minutes", "5", "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("SLT_EXCHANGE__WS_URL="):
+            return proc, line.strip().split("=", 1)[1]
+    raise RuntimeError("simulator did not print its URL")
+
+
+async def consume(url: str, seconds: float, warmup: float) -> tuple[int, float, int]:
+    """(messages in the window, window seconds, E of the last message)."""
+    count = 0
+    last_e = 0
+    async with aiohttp.ClientSession() as session:
+        # no `async with` on the socket: a graceful close would read a flooding server
+        # forever; closing the session aborts the connection instead.
+        ws = await session.ws_connect(url, max_msg_size=0, compress=0)
+        t_end_warm = time.perf_counter() + warmup
+        while time.perf_counter() < t_end_warm:
+            await ws.receive()
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while True:
+            msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            last_e = orjson.loads(msg.data)["data"]["E"]
+            count += 1
+            if count & 255 == 0 and time.perf_counter() >= deadline:
+                break
+        return count, time.perf_counter() - t0, last_e
+
+
+async def sim_state(rest: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s, s.get(f"{rest}/admin/state") as r:
+        return dict(await r.json())
+
+
+def run_speed(symbols: int, speed: float, seconds: float) -> dict[str, float]:
+    proc, ws_base = start_sim(symbols, speed)
+    try:
+        names = [f"{s.lower()}@kline_1m" for s in _symbol_names(symbols)]
+        url = f"{ws_base}/market/stream?streams=" + "/".join(names)
+        c0, me0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
+        w0 = time.perf_counter()
+        count, window, last_e = asyncio.run(consume(url, seconds, warmup=1.0))
+        cpu_s = cpu_seconds(proc.pid) - c0
+        client_cpu = (cpu_seconds(os.getpid()) - me0) / (time.perf_counter() - w0) * 100
+        cpu = cpu_s / (time.perf_counter() - w0) * 100
+        st = asyncio.run(sim_state(ws_base.replace("ws://", "http://")))
+        sent = st["counters"]["ws"]["frames_sent"]
+        return {"speed": speed, "rate": count / window, "cpu": cpu, "client_cpu": client_cpu,
+                "us_per_msg": cpu_s / max(sent, 1) * 1e6,
+                "expected": symbols * 11 * speed / 60,
+                "lag_s": (st["clock"]["nowMs"] - last_e) / 1000,
+                "dropped": st["counters"]["ws"]["slow_consumer_drops"]}  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _symbol_names(n: int) -> list[str]:
+    from services.exchange_sim.__main__ import symbol_list
+
+    return list(symbol_list(str(n)))
+
+
+# ---- the reference server -----------------------------------------------------------------
+async def _reference_server() -> None:
+    from aiohttp import WSMsgType, web
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False)
+        await ws.prepare(request)
+        try:
+            while not ws.closed:
+                await ws.send_frame(SAMPLE, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(runner.addresses[0][1], flush=True)  # the parent reads the port from stdout
+    await asyncio.Event().wait()
+
+
+def run_reference(seconds: float) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--reference-server"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        c0 = cpu_seconds(proc.pid)
+        w0 = time.perf_counter()
+        count, window, _ = asyncio.run(consume(f"ws://127.0.0.1:{port}/", seconds, warmup=0.5))
+        cpu_s = cpu_seconds(proc.pid) - c0
+        cpu = cpu_s / (time.perf_counter() - w0) * 100
+        # the tight loop sends faster than it is read: count what was read, not sent
+        return {"rate": count / window, "cpu": cpu, "us_per_msg": cpu_s / count * 1e6}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--symbols", type=int, default=200)
+    p.add_argument("--speeds", default="60,600,1500,3000,6000")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--reference-server", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.reference_server:
+        asyncio.run(_reference_server())
+        return
+    ref = run_reference(args.seconds)
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load:.1f} (other work competes)")
+    print(f"reference: naive aiohttp send_frame loop -> same client: {ref['rate']:,.0f} msgs/s "
+          f"(server CPU {ref['cpu']:.0f}%, {ref['us_per_msg']:.1f} us/msg)")  # fmt: skip
+    print(f"{'speed':>7} {'expected/s':>11} {'received/s':>11} {'of ref':>7} "
+          f"{'server CPU':>10} {'us/msg':>7} {'1-core cap/s':>12} {'client CPU':>10} "
+          f"{'lag (sim s)':>11} {'dropped':>8}")  # fmt: skip
+    for speed in (float(s) for s in args.speeds.split(",")):
+        r = run_speed(args.symbols, speed, args.seconds)
+        print(f"{speed:>7.0f} {r['expected']:>11,.0f} {r['rate']:>11,.0f} "
+              f"{r['rate'] / ref['rate']:>7.2f} {r['cpu']:>9.0f}% {r['us_per_msg']:>7.1f} "
+              f"{1e6 / r['us_per_msg']:>12,.0f} {r['client_cpu']:>9.0f}% {r['lag_s']:>11.1f} "
+              f"{r['dropped']:>8}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

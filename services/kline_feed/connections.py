@@ -1,0 +1,299 @@
+"""One WebSocket connection per group of streams, kept alive whatever the socket does.
+
+`FeedConnection.run()` loops forever (until cancelled):
+  connect (routed combined-stream URL) -> read -> on close / error / stall -> wait a
+  jittered backoff starting at `websocket.reconnect_delay` -> connect again.
+- Pings: the server pings, websockets answers with pongs by itself; we send no pings of
+  our own (Binance counts every client frame against 10 per second).
+- Stall: no message for `stall_timeout` seconds -> the connection is aborted and
+  reopened (a socket can stay "open" while nothing arrives).
+- Rotation: Binance cuts every connection at 24 h.  Before `max_connection_age` (on the
+  exchange's clock, which is what the cut follows) a NEW connection is opened first and
+  the old one is closed only once the new one delivers, so there is no gap; during the
+  overlap both deliver the same klines and the exactly-once script drops the second copy.
+Missed klines are not this module's business: the feed's gap rule backfills them.
+
+The per-message path is `recv(decode=False)` + one monotonic clock read + the handler
+call; the handler returns an awaitable only when it wants the reader to wait
+(back-pressure), so nothing here queues without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+__all__ = ["FeedConnection", "Session", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[bytes, "FeedConnection"], Awaitable[None] | None]
+
+MAX_QUEUE = 1024  # frames websockets buffers before it stops reading the socket
+
+
+def backoff_delay(attempt: int, base: float, cap: float, draw: float) -> float:
+    """Seconds before reconnect number `attempt` (0 = first): `base` doubled per failed
+    attempt, capped at `cap`, then stretched by up to 25 % with `draw` in [0, 1) so
+    replicas dropped together do not come back together."""
+    if attempt == 0:
+        delay = base
+    else:
+        delay = min(cap, max(base, 0.1) * 2.0 ** min(attempt, 30))
+    return delay * (1.0 + 0.25 * min(max(draw, 0.0), 1.0))
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Session:
+    """One opened socket."""
+
+    __slots__ = ("ws", "opened_wall", "opened_mono", "opened_exchange_ms", "last_msg",
+                 "messages", "seen", "first", "why")  # fmt: skip
+
+    def __init__(self, ws: ClientConnection, opened_exchange_ms: int | None) -> None:
+        self.ws = ws
+        self.opened_wall = time.time()
+        self.opened_mono = self.last_msg = time.monotonic()
+        self.opened_exchange_ms = opened_exchange_ms
+        self.messages = 0
+        self.seen = 0  # `messages` when `last_msg` was last moved
+        self.first = asyncio.Event()  # set at the first message (rotation waits for it)
+        self.why = ""
+
+    def progress(self, mono: float) -> None:
+        """Move `last_msg` to `mono` if messages arrived since the previous call."""
+        if self.messages != self.seen:
+            self.seen = self.messages
+            self.last_msg = mono
+
+
+class FeedConnection:
+    """Keeps `streams` subscribed on one connection at a time (see module doc)."""
+
+    def __init__(
+        self,
+        conn_id: str,
+        url: str,
+        streams: list[str],
+        on_message: Handler,
+        *,
+        reconnect_delay: float,
+        max_delay: float,
+        stall_timeout: float,
+        max_age_ms: float,
+        exchange_now: Callable[[], int | None],
+        on_open: Callable[[FeedConnection], None] | None = None,
+        open_timeout: float = 10.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.id = conn_id
+        self.url = url
+        self.streams = streams
+        self._on_message = on_message
+        self._on_open = on_open
+        self.reconnect_delay = reconnect_delay
+        self.max_delay = max_delay
+        self.stall_timeout = stall_timeout
+        self.max_age_ms = max_age_ms
+        self._exchange_now = exchange_now
+        self._open_timeout = open_timeout
+        self._rand = rand
+        self.session: Session | None = None
+        self._live: set[Session] = set()
+        self._done_messages = 0
+        self.counters = dict.fromkeys(
+            ("connects", "reconnects", "connect_failures", "stalls", "rotations", "closed"), 0
+        )
+        self.last_error = ""
+
+    # ---- state --------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.session is not None
+
+    @property
+    def messages(self) -> int:
+        """Messages received over every session of this connection."""
+        live = sum(s.messages for s in self._live)
+        return self._done_messages + live
+
+    def silent_for(self, mono: float) -> float:
+        """Seconds since a message last arrived (or since the connection opened), to the
+        resolution of the stall check."""
+        s = self.session
+        if s is None:
+            return float("inf")
+        s.progress(mono)
+        return mono - s.last_msg
+
+    def state(self) -> dict[str, Any]:
+        s = self.session
+        return {
+            "streams": len(self.streams),
+            "connected": s is not None,
+            "since": _iso(s.opened_wall) if s else "",
+            "messages": self.messages,
+            "session_messages": s.messages if s else 0,
+            **self.counters,
+            "last_error": self.last_error,
+        }
+
+    # ---- the loop -----------------------------------------------------------------
+    async def run(self) -> None:
+        attempt = 0
+        ever = False
+        while True:
+            session = await self._open()
+            if session is None:
+                await asyncio.sleep(self._delay(attempt))
+                attempt += 1
+                continue
+            if ever:
+                self.counters["reconnects"] += 1
+            ever = True
+            await self._serve(session)
+            if session.messages:
+                attempt = 0  # it worked for a while: start the backoff over
+            await asyncio.sleep(self._delay(attempt))
+            attempt += 1
+
+    def _delay(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.reconnect_delay, self.max_delay, self._rand())
+
+    async def _open(self) -> Session | None:
+        try:
+            ws = await connect(
+                self.url, compression=None, ping_interval=None, proxy=None,
+                open_timeout=self._open_timeout, close_timeout=1.0, max_size=1 << 20,
+                max_queue=MAX_QUEUE, user_agent_header=None,
+            )  # fmt: skip
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            self.counters["connect_failures"] += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            log.warning("connect failed", extra={"conn": self.id, "error": self.last_error})
+            return None
+        self.counters["connects"] += 1
+        session = Session(ws, self._exchange_now())
+        self._live.add(session)
+        log.info("connected", extra={"conn": self.id, "streams": len(self.streams)})
+        return session
+
+    async def _serve(self, session: Session) -> None:
+        """Read `session` until it dies; rotate it when it is old.  Returns when the
+        current session (the rotated one, maybe) has ended."""
+        self.session = session
+        if self._on_open is not None:
+            self._on_open(self)
+        reader = asyncio.ensure_future(self._read(session))
+        try:
+            while True:
+                tick = max(0.005, min(self.stall_timeout / 4, 1.0))
+                await asyncio.wait((reader,), timeout=tick)
+                if reader.done():
+                    self._ended(session, reader)
+                    return
+                mono = time.monotonic()
+                session.progress(mono)
+                if mono - session.last_msg > self.stall_timeout:
+                    self.counters["stalls"] += 1
+                    session.why = "stall"
+                    log.warning("stalled, reconnecting", extra={"conn": self.id})
+                    session.ws.transport.abort()
+                    await asyncio.wait((reader,), timeout=2)
+                    self._ended(session, reader)
+                    return
+                if self._too_old(session):
+                    rotated = await self._rotate(session, reader)
+                    if rotated is not None:
+                        session, reader = rotated
+        finally:
+            self.session = None
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            await self._close(session)
+
+    def _ended(self, session: Session, reader: asyncio.Future[Any]) -> None:
+        self.counters["closed"] += 1
+        exc = None if reader.cancelled() else reader.exception()
+        if exc is not None:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+        log.warning(
+            "connection ended",
+            extra={"conn": self.id, "why": session.why or self.last_error,
+                   "messages": session.messages},
+        )  # fmt: skip
+
+    def _too_old(self, session: Session) -> bool:
+        now = self._exchange_now()
+        if now is not None and session.opened_exchange_ms is not None:
+            age_ms = now - session.opened_exchange_ms
+        else:
+            age_ms = (time.monotonic() - session.opened_mono) * 1000.0
+        return age_ms >= self.max_age_ms
+
+    async def _rotate(
+        self, old: Session, old_reader: asyncio.Future[Any]
+    ) -> tuple[Session, asyncio.Future[Any]] | None:
+        """Open a new connection, wait until it delivers, then close the old one."""
+        new = await self._open()
+        if new is None:
+            old.opened_exchange_ms = self._exchange_now()  # try again a while later
+            old.opened_mono = time.monotonic()
+            return None
+        new_reader = asyncio.ensure_future(self._read(new))
+        first = asyncio.ensure_future(new.first.wait())
+        await asyncio.wait((first, new_reader), timeout=self.stall_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        first.cancel()
+        if not new.first.is_set():
+            new_reader.cancel()
+            with contextlib.suppress(BaseException):
+                await new_reader
+            await self._close(new)
+            old.opened_mono = time.monotonic()
+            return None
+        self.session = new
+        self.counters["rotations"] += 1
+        old.why = "rotated"
+        old_reader.cancel()
+        with contextlib.suppress(BaseException):
+            await old_reader
+        await self._close(old)
+        log.info("rotated", extra={"conn": self.id, "old_messages": old.messages})
+        return new, new_reader
+
+    async def _read(self, session: Session) -> None:
+        """The per-message loop: receive, count, hand over.  Stall detection watches the
+        count from `_serve` instead of reading a clock here."""
+        recv, on = session.ws.recv, self._on_message
+        raw = await recv(False)
+        session.first.set()
+        while True:
+            session.messages += 1
+            wait = on(raw, self)  # type: ignore[arg-type]
+            if wait is not None:
+                await wait
+            raw = await recv(False)
+
+    async def _close(self, session: Session) -> None:
+        if session in self._live:
+            self._live.discard(session)
+            self._done_messages += session.messages
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(session.ws.close(), timeout=1.5)
+        with contextlib.suppress(Exception):
+            session.ws.transport.abort()

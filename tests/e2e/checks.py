@@ -1,0 +1,192 @@
+"""The figures of a chaos run (except klines and secrets, which have their own modules):
+orders, caches against the exchange, closed trades and the learner, health against the
+faults injected.  Each function takes data already collected and returns Figures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from .config import SERVICES
+from .exchange import ExchangeSnapshot
+from .faults import FaultLog
+from .figures import Figure, at_least, at_most, exact, info
+from .monitor import HealthTracker, ProtectionWatch
+
+ZERO = Decimal(0)
+
+
+# ---- orders ----------------------------------------------------------------------------
+def order_figures(audit: Mapping[str, Any], watch: ProtectionWatch, cap: int,
+                  grace_s: float) -> list[Figure]:  # fmt: skip
+    s = "orders"
+    orders = audit["orders"]
+    by_kind = Counter(o["kind"] for o in orders)
+    rejects = Counter(str(r["code"]) for r in audit["rejects"])
+    worst = ", ".join(f"{sym} {sec}s" for sym, sec in watch.violations[:5])
+    return [
+        info(s, "orders accepted by the exchange", len(orders),
+             ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items()))),
+        info(s, "orders rejected", sum(rejects.values()),
+             ", ".join(f"{k}: {v}" for k, v in rejects.most_common(4))),
+        exact(s, "duplicate client order ids", len(audit["duplicates"]), 0,
+              ", ".join(":".join(d[1:]) for d in audit["duplicates"][:3])),
+        info(s, "symbols that held a position", len(watch.positions_seen)),
+        info(s, "positions open at once (max)", watch.max_open),
+        at_most(s, "max leverage of an open position", watch.max_leverage, cap),
+        exact(s, "samples above the leverage cap", len(watch.over_cap), 0),
+        at_most(s, "max notional / position margin", round(watch.max_effective_leverage, 3),
+                cap),
+        info(s, "exchange samples (positions vs stops)", watch.samples),
+        info(s, "longest without a stop-loss (s)", round(watch.longest_unprotected_s, 2)),
+        exact(s, f"positions without stop > {grace_s:g} s", len(watch.violations), 0, worst),
+    ]  # fmt: skip
+
+
+# ---- caches -----------------------------------------------------------------------------
+def _dec(raw: Any) -> Decimal:
+    try:
+        return Decimal(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ArithmeticError:
+        return Decimal("NaN")
+
+
+def cache_diffs(snap: ExchangeSnapshot, positions: Mapping[str, Mapping[bytes, bytes]],
+                balance: Mapping[bytes, bytes]) -> list[str]:  # fmt: skip
+    """Every difference between the position/balance hashes and the exchange."""
+    diffs = []
+    for symbol in sorted(set(snap.positions) | set(positions)):
+        ex = snap.positions.get(symbol)
+        h = positions.get(symbol, {})
+        size = _dec(h.get(b"size", b"0"))
+        want = ex.size if ex else ZERO
+        if size != want:
+            diffs.append(f"{symbol} size {size} != {want}")
+        elif ex is not None and _dec(h.get(b"entry_price", b"0")) != ex.entry_price:
+            diffs.append(f"{symbol} entry {h.get(b'entry_price')!r} != {ex.entry_price}")
+    wallet = snap.balances.get("USDT")
+    got = _dec(balance.get(b"wallet_balance", b"NaN"))
+    if wallet is None or got != wallet:
+        diffs.append(f"USDT wallet {got} != {wallet}")
+    return diffs
+
+
+def cache_figures(snap: ExchangeSnapshot, diffs: list[str], settle_s: float) -> list[Figure]:
+    s = "caches"
+    return [
+        info(s, "open positions on the exchange", len(snap.positions)),
+        info(s, "exchange wallet (USDT)", str(snap.balances.get("USDT"))),
+        exact(s, "positions/balances differing from exchange", len(diffs), 0,
+              "; ".join(diffs[:3])),
+        info(s, "seconds to converge after the last event", round(settle_s, 2)),
+    ]  # fmt: skip
+
+
+# ---- closed trades ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoundTrip:
+    symbol: str
+    entry_time: int
+    exit_time: int
+
+
+def round_trips(fills: list[Mapping[str, Any]]) -> list[RoundTrip]:
+    """Round trips on the exchange from its fill audit: a position opened from flat and
+    brought back to flat (a flip through zero closes one and opens the next)."""
+    pos: dict[str, Decimal] = defaultdict(Decimal)
+    opened: dict[str, int] = {}
+    out = []
+    for f in sorted(fills, key=lambda f: (int(f["ts"]), int(f["trade_id"]))):
+        sym, ts = f["symbol"], int(f["ts"])
+        qty = Decimal(f["qty"]) * (1 if f["side"] == "BUY" else -1)
+        before, after = pos[sym], pos[sym] + qty
+        if before == 0 and after != 0:
+            opened[sym] = ts
+        elif before != 0 and (after == 0 or (after > 0) != (before > 0)):
+            out.append(RoundTrip(sym, opened.pop(sym, ts), ts))
+            if after != 0:
+                opened[sym] = ts
+        pos[sym] = after
+    return out
+
+
+def trade_figures(trips: list[RoundTrip], trades: list[Mapping[str, Any]],
+                  learner_seen: set[str], learned_total: float) -> list[Figure]:  # fmt: skip
+    s = "trades"
+    ids = [str(t["trade_id"]) for t in trades]
+    ex_keys = Counter((r.symbol, r.entry_time) for r in trips)
+    st_keys = Counter((str(t["symbol"]), int(t["entry_time"])) for t in trades)
+    missing = ex_keys - st_keys
+    unknown = st_keys - ex_keys
+    return [
+        info(s, "round trips closed on the exchange", len(trips)),
+        info(s, "entries in stream:trades", len(trades)),
+        exact(s, "trade ids recorded more than once", len(ids) - len(set(ids)), 0),
+        exact(s, "closed on exchange, not recorded", sum(missing.values()), 0,
+              ", ".join(f"{k[0]}@{k[1]}" for k in list(missing)[:3])),
+        exact(s, "recorded, not closed on exchange", sum(unknown.values()), 0,
+              ", ".join(f"{k[0]}@{k[1]}" for k in list(unknown)[:3])),
+        exact(s, "learner seen != recorded trades", len(learner_seen ^ set(ids)), 0),
+        at_most(s, "trades learned (sum over trader processes)", learned_total, len(set(ids)),
+                "a restart restores, does not re-learn"),
+    ]  # fmt: skip
+
+
+# ---- health -----------------------------------------------------------------------------
+def health_figures(statuses: Mapping[str, str], tracker: HealthTracker, faults: FaultLog,
+                   restarts: Mapping[str, int], kills: Mapping[str, int],
+                   redis_restarts: int) -> list[Figure]:  # fmt: skip
+    s = "health"
+    out = [exact(s, f"{svc} status at the end", statuses.get(svc, "absent"), "ok")
+           for svc in SERVICES]  # fmt: skip
+    for svc in SERVICES:
+        out.append(exact(s, f"{svc} restarts == kill -9", restarts.get(svc, 0),
+                         kills.get(svc, 0)))  # fmt: skip
+    d, h, t = faults.done, faults.hits, tracker
+    rows = [
+        ("kline_feed reconnects", t.total("kline_feed", "reconnects"),
+         h["ws_drop_klines"] + d["ws_stall_market"], "socket drops + stalls"),
+        ("kline_feed bad messages", t.total("kline_feed", "bad_messages"),
+         h["ws_malformed_market"], "malformed sent"),
+        ("kline_feed duplicates suppressed", t.total("kline_feed", "duplicates_suppressed"),
+         h["ws_duplicate"], "duplicate closes sent"),
+        ("position_controller mark reconnects", t.total("position_controller",
+         "mark_prices.reconnects"), h["ws_drop_marks"], "mark socket drops"),
+        ("account_feed reconnects", t.total("account_feed", "reconnects"),
+         h["ws_drop_user"] + d["listenkey_expire"], "drops + expiries"),
+        ("account_feed bad messages", t.total("account_feed", "bad_messages"),
+         h["ws_malformed_user"], "malformed sent"),
+        ("account_feed keys invalidated", t.total("account_feed", "key_invalidations"),
+         h["listenkey_expire"], "listenKeys expired"),
+        ("account_feed renewal failures", t.total("account_feed", "renewal_failures"),
+         d["keepalive_fail"], "keepalive failures"),
+        ("breaker openings (all services)", t.total_matching(None, "breaker_opens"),
+         d["rest_5xx_burst"], "5xx bursts of 30"),
+        ("429 seen (rate_limit_hits)", t.total_matching(None, "rate_limit_hits"),
+         d["rest_429"], "429 injected"),
+        ("418 seen (bans)", t.total_matching(None, "bans"), d["rest_418"], "418 injected"),
+        ("rest_fallback kline_feed_down", t.total("rest_fallback",
+         "activations.kline_feed_down"), d["freeze_kline_feed"], "kline_feed frozen"),
+        ("rest_fallback account_feed_down", t.total("rest_fallback",
+         "activations.account_feed_down"), d["freeze_account_feed"], "account_feed frozen"),
+    ]  # fmt: skip
+    for name, value, want, why in rows:
+        out.append(at_least(s, name, value, want, why))
+    out += [
+        info(s, "account_feed renewals ok", t.total("account_feed", "renewals_ok")),
+        info(s, "rest_fallback klines published", t.total("rest_fallback", "klines_published")),
+        info(s, "kline_feed klines backfilled", t.total("kline_feed", "backfilled_klines")),
+        info(s, "redis restarts", redis_restarts),
+        exact(
+            s,
+            "faults that could not be injected",
+            len(faults.failed),
+            0,
+            "; ".join(faults.failed[:2]),
+        ),
+    ]
+    return out

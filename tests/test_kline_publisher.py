@@ -1,0 +1,203 @@
+"""shared/kline_publisher.py against a real Redis: the exactly-once script, its batch
+form, racing publishers, the cache format, and REST rows -> closed klines."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.exchange_sim.server import SimConfig, SimServer
+from shared.binance.client import BinanceClient
+from shared.codec import decode_event, encode_event
+from shared.errors import MessageError
+from shared.keys import Keys
+from shared.kline_publisher import (
+    CACHE_FIELDS,
+    STREAM_FIELDS,
+    Backfiller,
+    KlinePublisher,
+    closed_rest_klines,
+    get_cached_kline,
+    get_price,
+    interval_ms,
+    kline_entry,
+)
+from shared.models import Kline
+
+IV = 60_000
+T0 = 1_700_000_040_000 // IV * IV
+
+
+def kline(symbol: str = "BTCUSDT", t: int = T0, close: float = 100.5, **kw: Any) -> Kline:
+    base = Kline(symbol, "1m", t, t + IV - 1, 100.0, 101.5, 99.25, close, 12.5, 1250.75, 33,
+                 6.0, 600.0, True, t + IV + 5, t + IV + 7)  # fmt: skip
+    return replace(base, **kw) if kw else base
+
+
+def pub(redis_client: aioredis.Redis, prefix: str, maxlen: int = 1000) -> KlinePublisher:
+    return KlinePublisher(redis_client, Keys(prefix), maxlen)
+
+
+async def stream(redis_client: aioredis.Redis, prefix: str) -> list[tuple[str, int]]:
+    out = []
+    for _, f in await redis_client.xrange(Keys(prefix).stream_klines):
+        _, data, meta = decode_event(f)
+        out.append((meta.symbol, data["open_time"]))
+    return out
+
+
+async def test_publishes_once_and_rejects_older_or_equal(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    p = pub(redis_client, prefix)
+    first = await p.publish(kline())
+    assert first.published and first.last_open == T0
+    again = await p.publish(kline(close=100.0))  # same identity, other content
+    assert not again.published and again.last_open == T0
+    older = await p.publish(kline(t=T0 - IV))
+    assert not older.published and older.last_open == T0
+    nxt = await p.publish(kline(t=T0 + IV))
+    assert nxt.published and nxt.last_open == T0 + IV
+    assert await stream(redis_client, prefix) == [("BTCUSDT", T0), ("BTCUSDT", T0 + IV)]
+    cached = await get_cached_kline(redis_client, Keys(prefix), "BTCUSDT")
+    assert cached == kline(t=T0 + IV)
+    assert await p.last_open_times(["BTCUSDT", "ETHUSDT"]) == {"BTCUSDT": T0 + IV, "ETHUSDT": None}
+
+
+async def test_stream_entry_is_the_bus_format(redis_client: aioredis.Redis, prefix: str) -> None:
+    k = kline()
+    await pub(redis_client, prefix).publish(k)
+    (_, fields), = await redis_client.xrange(Keys(prefix).stream_klines)  # fmt: skip
+    kind, data, meta = decode_event(fields)
+    assert kind == "kline" and meta.symbol == "BTCUSDT" and meta.event_time == k.event_time
+    assert Kline.from_dict(data) == k
+    cache = await redis_client.hgetall(Keys(prefix).kline("BTCUSDT"))
+    assert cache[b"close"] == b"100.5" and cache[b"timestamp"] == str(T0).encode()
+
+
+async def test_batch_mixes_symbols_duplicates_and_order(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    p = pub(redis_client, prefix)
+    batch = [kline("BTCUSDT", T0), kline("ETHUSDT", T0), kline("BTCUSDT", T0 + IV),
+             kline("BTCUSDT", T0), kline("ETHUSDT", T0 + IV), kline("ETHUSDT", T0 + IV)]  # fmt: skip
+    res = await p.publish_many(batch)
+    assert [r.published for r in res] == [True, True, True, False, True, False]
+    assert [r.last_open for r in res] == [T0, T0, T0 + IV, T0 + IV, T0 + IV, T0 + IV]
+    many = [kline(f"S{i}USDT", T0 + IV * j) for j in range(2) for i in range(300)]  # > BATCH
+    assert all(r.published for r in await p.publish_many(many))
+    assert len(await stream(redis_client, prefix)) == 4 + 600
+
+
+async def test_racing_publishers_write_each_kline_once(
+    redis_client: aioredis.Redis, redis_url: str, prefix: str
+) -> None:
+    """Four clients (four connections) offer the same 50 minutes of 4 symbols at once."""
+    clients = [aioredis.from_url(redis_url) for _ in range(4)]
+    try:
+        pubs = [pub(c, prefix) for c in clients]
+        series = [kline(s, T0 + IV * m) for m in range(50) for s in ("A1", "B2", "C3", "D4")]
+        results = await asyncio.gather(*(p.publish_many(series) for p in pubs))
+    finally:
+        for c in clients:
+            await c.aclose()
+    published = sum(r.published for rs in results for r in rs)
+    assert published == len(series)
+    got = await stream(redis_client, prefix)
+    assert len(got) == len(series) == len(set(got))
+    for s in ("A1", "B2", "C3", "D4"):
+        assert [t for sym, t in got if sym == s] == [T0 + IV * m for m in range(50)]
+
+
+async def test_stream_is_trimmed(redis_client: aioredis.Redis, prefix: str) -> None:
+    p = pub(redis_client, prefix, maxlen=100)
+    await p.publish_many([kline("BTCUSDT", T0 + IV * m) for m in range(1000)])
+    assert await redis_client.xlen(Keys(prefix).stream_klines) < 300
+
+
+finite = st.floats(min_value=1e-6, max_value=1e9, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(o=finite, c=finite, spread=finite, v=finite, n=st.integers(0, 10**9),
+       t=st.integers(0, 10**13), closed=st.booleans())  # fmt: skip
+def test_fast_entry_equals_the_models_own_encoding(
+    o: float, c: float, spread: float, v: float, n: int, t: int, closed: bool
+) -> None:
+    lo, hi = min(o, c), max(o, c) + spread
+    k = Kline("BTCUSDT", "1m", t, t + IV - 1, o, hi, lo, c, v, v * o, n, v / 2, v * o / 2,
+              closed, t + IV, t + IV + 3)  # fmt: skip
+    cache, fields = kline_entry(k)
+    assert dict(zip(CACHE_FIELDS, cache, strict=True)) == k.to_cache_hash()
+    want = encode_event("kline", k.to_dict(), symbol=k.symbol, event_time=k.event_time)
+    assert dict(zip(STREAM_FIELDS, fields, strict=True)) == want
+    assert Kline.from_cache_hash(k.to_cache_hash()) == k
+
+
+async def test_get_price(redis_client: aioredis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    assert await get_price(redis_client, keys, "BTCUSDT") is None
+    await redis_client.hset(keys.prices, "BTCUSDT", "65000.5")
+    await redis_client.hset(keys.prices_updated, "BTCUSDT", 123)
+    assert await get_price(redis_client, keys, "BTCUSDT") == (65000.5, 123)
+
+
+def row(t: int, close: str = "100.5") -> list[Any]:
+    return [t, "100.0", "101.5", "99.25", close, "12.5", t + IV - 1, "1250.75", 33, "6.0",
+            "600.0", "0"]  # fmt: skip
+
+
+def test_closed_rest_klines_needs_proof_of_closing() -> None:
+    rows = [row(T0), row(T0 + IV), row(T0 + 2 * IV)]  # the last is the open candle
+    got = closed_rest_klines("BTCUSDT", "1m", rows, proven_upto=None, received_ms=1, exchange_ms=2)
+    assert [k.open_time for k in got] == [T0, T0 + IV]
+    assert all(k.closed and k.event_time == 2 and k.received_time == 1 for k in got)
+    proven = closed_rest_klines("BTCUSDT", "1m", rows, proven_upto=T0 + 2 * IV, received_ms=1,
+                                exchange_ms=2)  # fmt: skip
+    assert len(proven) == 3
+    assert closed_rest_klines("BTCUSDT", "1m", [row(T0)], proven_upto=None, received_ms=1,
+                              exchange_ms=2) == []  # fmt: skip
+    with pytest.raises(MessageError):
+        closed_rest_klines("BTCUSDT", "1m", [row(T0, "nan"), row(T0 + IV)], proven_upto=None,
+                           received_ms=1, exchange_ms=2)  # fmt: skip
+    with pytest.raises(MessageError):
+        closed_rest_klines("BTCUSDT", "1m", [row(T0 + IV), row(T0), row(T0 + 2 * IV)],
+                           proven_upto=None, received_ms=1, exchange_ms=2)  # fmt: skip
+
+
+def test_interval_ms() -> None:
+    assert interval_ms("1m") == 60_000 and interval_ms("4h") == 4 * 3_600_000
+    for bad in ("1M", "m", "0m", "1x", ""):
+        with pytest.raises(ValueError):
+            interval_ms(bad)
+
+
+async def test_backfiller_against_the_simulator(redis_client: aioredis.Redis, prefix: str) -> None:
+    """REST rows through the shared client into the script: in order, once, closed only."""
+    async with SimServer(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), paused=True)) as sim:
+        now = sim.clock.now_ms()
+        open_t = now - now % IV  # the candle still open on the (paused) exchange
+        async with BinanceClient.from_credentials(sim.rest_url, sim.demo_key, sim.demo_secret,
+                                                  redis_prefix=prefix) as client:  # fmt: skip
+            p = pub(redis_client, prefix, maxlen=10_000)
+            bf = Backfiller(client, p, "1m")
+            far = await bf.fill("BTCUSDT", open_t - 1400 * IV, upto=open_t - IV)
+            assert far.requests == 1 and far.published == 1399 and far.complete
+            again = await bf.fill("BTCUSDT", open_t - 10 * IV)  # a stale caller
+            assert again.published == 0 and again.duplicates == 9 and again.complete
+            fresh = await bf.fill("ETHUSDT", None)  # never published: the latest closed one
+            assert fresh.published == 1 and fresh.last_open == open_t - IV
+            not_yet = await bf.fill("BTCUSDT", open_t - IV, upto=open_t)
+            assert not not_yet.complete and not_yet.published == 0
+        record = {k["t"]: k for k in sim.driver.closed_klines("BTCUSDT")}
+        got = [t for sym, t in await stream(redis_client, prefix) if sym == "BTCUSDT"]
+        assert got == [open_t - IV * m for m in range(1399, 0, -1)]
+        assert all(t in record for t in got)
+        cached = await get_cached_kline(redis_client, Keys(prefix), "BTCUSDT")
+        assert cached is not None and cached.close == float(record[open_t - IV]["c"])

@@ -1,0 +1,245 @@
+"""The trader shell's parts on their own: the minute gate (pure), account arithmetic
+(Hypothesis), the account view and the decision publisher on a real Redis, REST history
+paging and the entry executor against the simulator."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.exchange_sim.server import SimConfig, SimServer
+from services.trader.account_view import AccountUnavailable, AccountView, from_cache, from_rest
+from services.trader.core import Decision
+from services.trader.execution import EntryExecutor, ExecutionOptions, Outcome
+from services.trader.minute_gate import MinuteGate
+from services.trader.model_io import fetch_closed_klines, symbol_of_file
+from services.trader.order_ids import client_order_id
+from services.trader.redis_io import TraderRedis
+from shared.binance.client import BinanceClient
+from shared.codec import decode_event, encode_event
+from shared.errors import MessageError
+from shared.keys import Keys
+from shared.models import Balance, DecisionRecord, OrderIntent, Position
+
+pytestmark = pytest.mark.timeout(60)
+MIN = 60_000
+START = 1_767_225_600_000
+
+
+# ---- MinuteGate ----------------------------------------------------------------------------
+def test_gate_decides_when_every_symbol_is_in() -> None:
+    g = MinuteGate(["A", "B", "C"], grace_ms=2000, timeout_ms=5000)
+    assert g.before(MIN) is None and g.after("A", MIN, MIN + 100, 0) is None
+    assert g.after("A", MIN, MIN + 150, 1) is None  # a duplicate symbol completes nothing
+    assert g.after("B", MIN, MIN + 200, 2) is None
+    assert g.after("C", MIN, MIN + 300, 3) == MIN and g.by_rule["complete"] == 1
+    assert g.after("A", MIN, MIN + 400, 4) is None and g.late == 1  # decided: never again
+    assert g.deadline() is None
+
+
+def test_gate_grace_is_event_time_not_receive_time() -> None:
+    g = MinuteGate(["A", "B", "C"], grace_ms=2000, timeout_ms=60_000)
+    assert g.after("A", MIN, 120_000, received_ms=0) is None
+    assert g.after("B", MIN, 121_999, received_ms=50_000) is None  # late by the clock only
+    assert g.after("B", MIN, 122_000, received_ms=50_001) == MIN  # 2 s of exchange time
+    assert g.by_rule["grace"] == 1
+
+
+def test_gate_next_minute_and_timer() -> None:
+    g = MinuteGate(["A", "B"], grace_ms=10_000, timeout_ms=3000, last_decided=0)
+    assert g.after("A", 0, 60_005, 0) is None and g.late == 1  # replayed decided minute
+    g.after("A", MIN, MIN + 60_005, received_ms=1000)
+    assert g.before(MIN) is None and g.before(2 * MIN) == MIN  # decide M before feeding M+1
+    assert g.by_rule["next_minute"] == 1 and g.deadline() is None
+    g.after("A", 2 * MIN, 3 * MIN, received_ms=5000)
+    assert g.deadline() == 8000 and g.expire(7999) is None and g.expire(8000) == 2 * MIN
+    assert g.after("B", 2 * MIN, 3 * MIN + 1, 8001) is None and g.last_decided == 2 * MIN
+
+
+# ---- account arithmetic ----------------------------------------------------------------------
+money = st.decimals(min_value=D("0.01"), max_value=D("1000000"), places=2)
+pnl = st.decimals(min_value=D("-1000"), max_value=D("1000"), places=2)
+
+
+@given(
+    wallet=money,
+    cross=money,
+    rows=st.lists(st.tuples(st.decimals(D("-50"), D("50"), places=3), money, pnl,
+                            st.one_of(st.none(), st.integers(1, 125))), max_size=6),
+)  # fmt: skip
+def test_equity_and_available_from_cache(wallet, cross, rows) -> None:
+    bal = Balance("USDT", wallet, cross, D(0), 1)
+    pos = [Position(f"S{i}USDT", size, price, price, upnl, "cross", D(0), lev, 1)
+           for i, (size, price, upnl, lev) in enumerate(rows)]  # fmt: skip
+    equity, available = from_cache(bal, pos)
+    upnl = sum((p.unrealized_pnl for p in pos), D(0))
+    assert equity == wallet + upnl
+    margin = sum((abs(p.size) * p.entry_price / (p.leverage or 1) for p in pos), D(0))
+    assert available == min(equity, cross + upnl) - margin and available <= equity
+
+
+def test_balance_from_rest_rows() -> None:
+    rows = [{"asset": "BNB", "balance": "1"},
+            {"asset": "USDT", "balance": "100.5", "crossUnPnl": "-0.5", "availableBalance": "80"}]  # fmt: skip
+    assert from_rest(rows, "USDT") == (D("100.0"), D("80"))
+    with pytest.raises(MessageError):
+        from_rest(rows[:1], "USDT")
+    with pytest.raises(MessageError):
+        from_rest([{"asset": "USDT", "balance": "NaN"}], "USDT")
+
+
+@pytest.mark.parametrize(
+    ("spec", "symbol"),
+    [("/d/AVAXUSDT-1m-2023-02.csv", "AVAXUSDT"), ("x/BTC_USDT_USDT-1m-futures.csv.gz", "BTCUSDT"),
+     ("ethusdt=/tmp/any.csv", "ETHUSDT")],
+)  # fmt: skip
+def test_symbol_of_history_file(spec: str, symbol: str) -> None:
+    assert symbol_of_file(spec)[0] == symbol
+
+
+def test_symbol_of_history_file_refuses_nonsense() -> None:
+    with pytest.raises(ValueError):
+        symbol_of_file("/d/x.csv")
+
+
+# ---- Redis -------------------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def sim_and_client(**kw: Any) -> AsyncIterator[tuple[SimServer, BinanceClient]]:
+    cfg = SimConfig(symbols=("BTCUSDT", "ETHUSDT"), paused=True, start_ms=START,
+                    funding_enabled=False, **kw)  # fmt: skip
+    async with SimServer(cfg) as sim:
+        async with BinanceClient.from_credentials(sim.rest_url, sim.demo_key, sim.demo_secret,
+                                                  breaker_open_seconds=0.2) as client:  # fmt: skip
+            yield sim, client
+
+
+async def test_account_view_cache_first_rest_fallback(redis_client, prefix) -> None:
+    keys = Keys(prefix)
+    async with sim_and_client(history_minutes=10) as (_sim, client):
+        view = AccountView(redis_client, keys, client, ["BTCUSDT", "ETHUSDT"])
+        snap = await view.snapshot()  # no account_feed: REST
+        assert snap.source == "rest" and snap.equity == D("10000") and not snap.positions
+        assert (await view.snapshot()).source == "rest_cached"
+        await redis_client.hset(keys.health("account_feed"), "status", "ok")
+        await redis_client.hset(keys.balance("USDT"),
+                                mapping=Balance("USDT", D("500"), D("500"), D(0), 1).to_hash())  # fmt: skip
+        pos = Position("ETHUSDT", D("-2"), D("100"), D("100"), D("-3"), "cross", D(0), 10, 1)
+        await redis_client.hset(keys.position("ETHUSDT"), mapping=pos.to_hash())
+        await redis_client.set(keys.halt, "1")
+        snap = await view.snapshot()
+        assert snap.source == "cache" and snap.halted and list(snap.positions) == ["ETHUSDT"]
+        assert snap.equity == D("497") and snap.available == D("477")
+        await redis_client.hset(keys.position("BTCUSDT"), mapping={"symbol": "BTCUSDT"})
+        assert (await view.snapshot()).source == "rest_cached"  # damaged hash: not trusted
+        async with BinanceClient.from_credentials("http://127.0.0.1:9", "k", "s") as dead:
+            with pytest.raises(AccountUnavailable):  # neither source answers
+                await AccountView(redis_client, keys, dead, ["BTCUSDT"]).snapshot()
+
+
+async def test_decisions_published_with_the_decided_minute(redis_client, prefix) -> None:
+    keys = Keys(prefix)
+    io = TraderRedis(redis_client, keys)
+    entries = [encode_event("decision", {"symbol": s, "rank": i, "price": D("1.10")}, symbol=s,
+                            event_time=MIN) for i, s in enumerate(["AUSDT", "BUSDT", "CUSDT"])]  # fmt: skip
+    assert await io.publish_decisions(entries, 7 * MIN, 1000) == 3
+    got = [decode_event(f) for _i, f in await redis_client.xrange(keys.stream_signals)]
+    assert [(t, d["symbol"], d["rank"], d["price"]) for t, d, _m in got] == [
+        ("decision", "AUSDT", 0, D("1.10")), ("decision", "BUSDT", 1, D("1.10")),
+        ("decision", "CUSDT", 2, D("1.10"))]  # fmt: skip
+    assert got[0][2].event_time == MIN
+    assert await redis_client.get(keys.trader_last_decided) == str(7 * MIN).encode()
+    assert await io.publish_decisions([], 8 * MIN, 1000) == 0
+
+
+async def test_rest_history_pages_backwards() -> None:
+    async with sim_and_client(history_minutes=2000) as (sim, client):
+        got = await fetch_closed_klines(client, "BTCUSDT", "1m", 1700)
+        assert len(got) == 1700 and all(k.closed for k in got)
+        times = [k.open_time for k in got]
+        assert times == list(range(times[0], times[0] + 1700 * MIN, MIN))
+        assert times[-1] == START - MIN  # the open candle at START is not proven closed
+        rows = await client.klines("BTCUSDT", "1m", start_time=times[0], limit=3)
+        assert [float(r[4]) for r in rows] == [k.close for k in got[:3]]
+        assert sim.rest_counters["requests"] >= 2
+
+
+# ---- EntryExecutor on the simulator -------------------------------------------------------------
+def decision(sim: SimServer, order_type: str = "MARKET", offset: D = D(0)) -> Decision:
+    last = sim.exchange.last_price("BTCUSDT")
+    tick = sim.specs["BTCUSDT"].tick_size
+    cid = lambda p: client_order_id("BTCUSDT", "LONG", START, p, "test")  # noqa: E731
+    price = last + offset if order_type == "LIMIT" else None
+    entry = OrderIntent("BTCUSDT", "BUY", order_type, D("0.010"), cid("entry"), "entry",
+                        price=price, leverage=7,
+                        time_in_force="GTC" if order_type == "LIMIT" else None)  # fmt: skip
+    sl, tp = ((last * f / tick).to_integral_value() * tick for f in (D("0.98"), D("1.03")))
+    stop = OrderIntent("BTCUSDT", "SELL", "STOP_MARKET", None, cid("stop"), "stop",
+                       stop_price=sl, close_position=True)  # fmt: skip
+    take = OrderIntent("BTCUSDT", "SELL", "TAKE_PROFIT_MARKET", None, cid("take_profit"),
+                       "take_profit", stop_price=tp, close_position=True)  # fmt: skip
+    rec = DecisionRecord(entry.client_order_id, "BTCUSDT", "LONG", START, {"x": 1.0}, "baseline",
+                         0.7, 0.5, 7, sl, tp, last)  # fmt: skip
+    return Decision("BTCUSDT", "LONG", "breakout", START, 1, True, "taken", 0.7, 0.7, 0.01, 0.5,
+                    7, "baseline", (), "", (entry, stop, take), rec)  # fmt: skip
+
+
+def fast() -> ExecutionOptions:
+    return ExecutionOptions(protect_deadline_s=1.0, close_deadline_s=5.0, limit_wait_s=0.5,
+                            limit_poll_s=0.05, entry_deadline_s=3.0, resolve_deadline_s=3.0)  # fmt: skip
+
+
+async def test_entry_timeout_is_looked_up_not_resent(redis_client, prefix) -> None:
+    """The entry request hangs and the connection drops (outcome unknown): one lookup, one
+    send more, exactly one order; then a replay of the decision sends nothing."""
+    keys = Keys(prefix)
+    async with sim_and_client(history_minutes=10) as (sim, client):
+        ex = EntryExecutor(client, redis_client, keys, options=fast(), strategy_version="test")
+        d = decision(sim)
+        sim.admin.fail_rest("timeout", count=1, path="/fapi/v1/order", hang_s=0.2)
+        report = await ex.execute(d)
+        assert report.outcome == Outcome.PROTECTED and report.filled_qty == D("0.010")
+        cid = d.intents[0].client_order_id
+        assert len([o for o in sim.exchange.audit.orders if o.client_id == cid]) == 1
+        assert ex.tx.counters["lookups"] >= 1
+        assert DecisionRecord.from_json(await redis_client.get(keys.decision(cid))) == d.record
+        again = await ex.execute(d)
+        assert again.outcome == Outcome.DUPLICATE
+        assert len([o for o in sim.exchange.audit.orders if o.client_id == cid]) == 1
+        acct = sim.exchange.accounts[sim.demo_key]
+        assert acct.position(sim.specs["BTCUSDT"]).leverage == 7
+
+
+async def test_limit_entry_not_filled_is_cancelled(redis_client, prefix) -> None:
+    keys = Keys(prefix)
+    async with sim_and_client(history_minutes=10) as (sim, client):
+        ex = EntryExecutor(client, redis_client, keys, options=fast(), strategy_version="test")
+        resting = decision(sim, "LIMIT", offset=D("-500"))
+        assert (await ex.execute(resting)).outcome == Outcome.NOT_FILLED
+        assert not sim.exchange.open_orders(sim.demo_key, "BTCUSDT")
+        log = [decode_event(f)[1] for _i, f in await redis_client.xrange(keys.stream_orders)]
+        assert any(o["api"] == "cancel" and o["outcome"] == "accepted" for o in log)
+
+
+async def test_halt_set_after_the_decision_sends_nothing(redis_client, prefix) -> None:
+    keys = Keys(prefix)
+    async with sim_and_client(history_minutes=10) as (sim, client):
+        ex = EntryExecutor(client, redis_client, keys, options=fast(), strategy_version="test")
+        await redis_client.set(keys.halt, "operator")
+        assert (await ex.execute(decision(sim))).outcome == Outcome.HALTED
+        assert not sim.exchange.audit.orders
+        assert not await redis_client.exists(keys.orders_sent)
+
+
+def test_main_help_usage_and_config_errors(capsys, monkeypatch) -> None:
+    from services.trader.__main__ import main
+
+    assert main(["--help"]) == 0 and "--check" in capsys.readouterr().out
+    assert main(["--bogus"]) == 2
+    monkeypatch.setenv("SLT_TRADING__DECISION_GRACE", "-1")
+    assert main(["--check"]) == 2 and "decision_grace" in capsys.readouterr().err
