@@ -29,6 +29,7 @@ very next closed kline can be decided), the model (`model_io`), restored trades.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
@@ -163,6 +164,8 @@ class TraderService(Service):
             strategy_version=self.core.strategy_version,
         )  # fmt: skip
         await self._load_leverage()
+        gc.collect()
+        gc.freeze()  # history, model, contexts: out of every later GC pass (p99 latency)
 
     def _default_exec(self) -> ExecutionOptions:
         """Protection within half the position controller's grace; a close outlasts an
