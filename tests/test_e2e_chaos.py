@@ -90,14 +90,28 @@ def test_round_trips_and_trade_check() -> None:
         fill(6, "SELL", "1"),
     ]  # flip, close
     trips = checks.round_trips(fills)
-    assert [(t.entry_time, t.exit_time) for t in trips] == [(1, 3), (4, 5), (5, 6)]
-    trades = [{"trade_id": "a", "symbol": "AAAUSDT", "entry_time": 1},
-              {"trade_id": "a", "symbol": "AAAUSDT", "entry_time": 1}]  # fmt: skip
-    figs = {f.name: f for f in checks.trade_figures(trips, trades, {"a", "b"}, 3)}
+    assert [(t.entry_time, t.exit_time, t.quantity) for t in trips] == [
+        (1, 3, Decimal(3)), (4, 5, Decimal(1)), (5, 6, Decimal(1))]  # fmt: skip
+
+    def trade(tid: str, entry: int, exit_: int, qty: str) -> dict[str, object]:
+        return {"trade_id": tid, "symbol": "AAAUSDT", "entry_time": entry, "exit_time": exit_,
+                "quantity": qty}  # fmt: skip
+
+    good = [trade("a", 1, 3, "3"), trade("b", 4, 5, "1"), trade("c", 5, 6, "1")]
+    figs = checks.trade_figures(trips, good, {"a", "b", "c"}, 3)
+    assert all(f.ok for f in figs)
+    # b adopted late (another entry time, same span) is still b; a twice, a phantom d,
+    # c never recorded, a's quantity doubled
+    bad = [trade("a", 1, 3, "6"), trade("a", 1, 3, "3"), trade("b", 5, 5, "1"),
+           trade("d", 7, 8, "1")]  # fmt: skip
+    figs = {f.name: f for f in checks.trade_figures(trips, bad, {"a", "b"}, 4)}
     assert not figs["trade ids recorded more than once"].ok
-    assert figs["closed on exchange, not recorded"].value == 2
-    assert figs["recorded, not closed on exchange"].value == 1
+    assert figs["closed on exchange, not recorded"].value == 1
+    assert figs["recorded, not closed on exchange"].value == 2  # the second a, and d
+    assert figs["recorded with a wrong quantity"].value == 1
+    assert figs["recorded with another entry time"].value == 1
     assert not figs["learner seen != recorded trades"].ok
+    assert not figs["trades learned (sum over trader processes)"].ok
 
 
 def test_cache_check_compares_sizes_entries_and_wallet() -> None:

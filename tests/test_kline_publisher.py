@@ -195,9 +195,9 @@ async def test_backfiller_against_the_simulator(redis_client: aioredis.Redis, pr
             assert fresh.published == 1 and fresh.last_open == open_t - IV
             not_yet = await bf.fill("BTCUSDT", open_t - IV, upto=open_t)
             assert not not_yet.complete and not_yet.published == 0
-        record = {k["t"]: k for k in sim.driver.closed_klines("BTCUSDT")}
+            rows = await client.klines("BTCUSDT", "1m", start_time=open_t - 1399 * IV, limit=1500)
         got = [t for sym, t in await stream(redis_client, prefix) if sym == "BTCUSDT"]
         assert got == [open_t - IV * m for m in range(1399, 0, -1)]
-        assert all(t in record for t in got)
+        assert [r[0] for r in rows[:-1]] == got and rows[-1][0] == open_t  # + the open one
         cached = await get_cached_kline(redis_client, Keys(prefix), "BTCUSDT")
-        assert cached is not None and cached.close == float(record[open_t - IV]["c"])
+        assert cached is not None and cached.close == float(rows[-2][4])

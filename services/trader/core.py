@@ -225,7 +225,7 @@ class TraderCore:
         cands = self.pending_candidates(minute_open_time)
         if not cands:
             return []
-        feats = {c.symbol: self.bank[c.symbol].features_list() for c in cands}
+        feats = {sym: self.bank[sym].features_list() for sym in {c.symbol for c in cands}}
         rows = [model_row(feats[c.symbol], c) for c in cands]
         conf, version, error = self._score(rows, cands)
         p = self.win_rate.rate

@@ -231,6 +231,9 @@ class _Run:
         faults = {"done": self.record.done, "hits": self.record.hits,
                   "failed": self.record.failed, "timeline": self.record.timeline}  # fmt: skip
         (d / "faults.json").write_bytes(orjson.dumps(faults, option=orjson.OPT_INDENT_2))
+        audit = self.extra.pop("audit", None)
+        if audit is not None:
+            (d / "audit.json").write_bytes(orjson.dumps(audit))
         counters = {f"{s}:{pid}": v for (s, pid), v in self.tracker.last.items()}
         (d / "health_counters.json").write_bytes(
             orjson.dumps(counters, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
@@ -269,6 +272,7 @@ async def _collect_figures(system: System, cfg: ChaosConfig, col: _Collector,
     extra["klines"] = kres
     out = klines.figures(kres, cfg.symbols)
     audit = await system.audit()
+    extra["audit"] = audit
     out += checks.order_figures(audit, watch, cfg.max_leverage, cfg.protection_grace_s)
     snap, diffs = await col.cache_diffs()
     out += checks.cache_figures(snap, diffs, extra.get("settle_s", 0.0))
