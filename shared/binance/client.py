@@ -128,6 +128,8 @@ class BinanceClient:
             if redis is not None else LocalWeightBudget(opts.weight_budget)
         )  # fmt: skip
         self._offset_ms = 0
+        self._anchor: tuple[float, int] | None = None  # (wall s, server ms) at the last sync
+        self._clock_rate = 1.0  # server ms per wall ms: 1 on Binance, the speed on a fast sim
         self._time_synced = False
         self._sync_lock = asyncio.Lock()
         self._last_throttle_status = 429
@@ -184,6 +186,7 @@ class BinanceClient:
         redis_errors = getattr(self._budget, "redis_errors", 0)
         return {**self._breaker.stats(), **self._counters, "weight_used": self._weight_used,
                 "weight_limit": self._budget.limit, "time_offset_ms": self._offset_ms,
+            "clock_rate": round(self._clock_rate, 3),
                 "redis_errors": redis_errors}  # fmt: skip
 
     @property
@@ -192,8 +195,17 @@ class BinanceClient:
 
     # ---- clock -------------------------------------------------------------
     def server_ms(self) -> int:
-        """Epoch ms on the exchange's clock (local wall clock + synced offset)."""
-        return int(self._wall() * 1000) + self._offset_ms
+        """Epoch ms on the exchange's clock.
+
+        Binance's clock runs at wall speed, so this is the wall clock plus the synced
+        offset.  A simulator may run its clock faster: two syncs measure that rate, and
+        the exchange time is extrapolated from the last sync, so signed requests keep
+        passing the recvWindow check without a re-sync per request.
+        """
+        if self._anchor is None or self._clock_rate == 1.0:
+            return int(self._wall() * 1000) + self._offset_ms
+        wall0, server0 = self._anchor
+        return server0 + int((self._wall() - wall0) * 1000 * self._clock_rate)
 
     async def sync_time(self) -> int:
         """Measure the server-time offset (GET /fapi/v1/time); returns it in ms."""
@@ -209,6 +221,13 @@ class BinanceClient:
         except (KeyError, TypeError, ValueError):
             raise ExchangeError(200, None, "time response without serverTime") from None
         self._offset_ms = server - int((t0 + t1) * 500)
+        mid = (t0 + t1) / 2
+        if self._anchor is not None and mid - self._anchor[0] >= 0.05:
+            rate = (server - self._anchor[1]) / ((mid - self._anchor[0]) * 1000)
+            # A real exchange: rate 1 within measuring noise. Only a clearly faster clock
+            # (a sped-up simulator) is extrapolated.
+            self._clock_rate = rate if rate > 1.5 else 1.0
+        self._anchor = (mid, server)
         self._time_synced = True
         self._counters["time_syncs"] += 1
         log.debug("server time offset %+d ms", self._offset_ms)
