@@ -9,8 +9,8 @@ again), then the same figures, plus:
   klines (symbols x speed / 60);
 - latency, kline close -> stream entry: the close time (simulated) placed on the wall
   clock through the simulator's clock samples, against the stream entry's id (Redis
-  time); p50 / p90 / p99 / p99.9 / max, of all klines (backfills after faults included)
-  and of those that came through the socket;
+  time); p50 / p90 / p99 / p99.9 / max over every kline (the ones delayed by the faults
+  and filled over REST included: the tail is the faults, the median the normal path);
 - each service's peak memory: VmHWM of every process, read before each kill -9 and
   before stopping (the largest over a service's processes).
 Exit status 1 when a figure failed.  `--keep` leaves the work directory (logs,
@@ -69,10 +69,9 @@ def extras(res: ChaosResult, cfg: ChaosConfig) -> str:
         f"  window               {span_s:10,.1f} s of stream entries; "
         f"{res.sim_minutes / 60:.1f} simulated hours",
         "== latency, kline close -> stream (real ms) ==",
-        f"  all       {_pcts(k.latencies_ms)}",
-        f"  socket    {_pcts(k.latencies_ws_ms)}",
-        f"  REST      {k.entries - len(k.latencies_ws_ms):,} klines came over REST "
-        "(backfills, watchdog, rest_fallback)",
+        f"  {_pcts(k.latencies_ms)}",
+        "  (every kline, those delayed by the faults and filled over REST included; a kline"
+        " published before the first clock sample has no latency)",
         "== peak memory (VmHWM) ==",
     ]
     for name, kib in sorted(res.peak_kib.items(), key=lambda kv: -kv[1]):

@@ -133,14 +133,14 @@ def test_health_totals_survive_restarts_and_clock_map_interpolates() -> None:
     t.observe("kline_feed", 2, {"reconnects": "4"})  # the restarted process starts again
     assert t.total("kline_feed", "reconnects") == 7.0
     assert t.total_matching(None, "breaker_opens") == 1.0
-    figs = checks.health_figures({s: "ok" for s in SERVICES}, t, FaultLog(), {}, {}, 0)
+    figs = checks.health_figures({s: "ok" for s in SERVICES}, t, FaultLog(), {}, {}, 0, {})
     assert all(f.ok for f in figs)
     log = FaultLog()
     log.hits["ws_drop_klines"] = 9
-    figs = checks.health_figures({}, t, log, {"trader": 1}, {}, 0)
+    figs = checks.health_figures({}, t, log, {"trader": 1}, {}, 0, {"kept_alive": 2})
     bad = {f.name for f in figs if not f.ok}
-    assert {"kline_feed reconnects", "trader restarts == kill -9",
-            "reporter status at the end"} <= bad  # fmt: skip
+    assert {"kline_feed reconnects", "trader restarts == kill -9", "reporter status at the end",
+            "renewals: |account_feed ok - exchange kept alive|"} <= bad  # fmt: skip
     clock = ClockMap()
     clock.add(1000.0, 0)
     clock.add(2000.0, 240_000)

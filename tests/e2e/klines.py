@@ -35,11 +35,6 @@ class StreamKline:
     entry_ms: int  # Redis time of the XADD (stream entry id)
     values: dict[str, Any]
 
-    @property
-    def via_rest(self) -> bool:
-        """A REST row carries our receive time as its event time (shared.models.Kline)."""
-        return bool(self.values.get("event_time") == self.values.get("received_time"))
-
 
 @dataclass
 class KlineResult:
@@ -54,7 +49,6 @@ class KlineResult:
     bad_entries: int = 0
     first_missing: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
-    latencies_ws_ms: list[float] = field(default_factory=list)  # came in the socket's path
     first_entry_ms: int = 0
     last_entry_ms: int = 0
 
@@ -125,8 +119,6 @@ def compare(res: KlineResult, records: Mapping[str, Sequence[Mapping[str, Any]]]
                 wall = clock.wall_at(r.close_time + 1)
                 if wall is not None:
                     res.latencies_ms.append(r.entry_ms - wall)
-                    if not r.via_rest:
-                        res.latencies_ws_ms.append(r.entry_ms - wall)
 
 
 def figures(res: KlineResult, symbols: int) -> list[Figure]:

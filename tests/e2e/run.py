@@ -198,8 +198,10 @@ class _Run:
         self.figures += await _collect_figures(system, self.cfg, col, self.clock, self.watch,
                                                self.tracker, self.extra)  # fmt: skip
         restarts = system.sup.restarts() if system.sup else {}
+        sim_keys = (await system.admin_state())["counters"]["listenKeys"]
         self.figures += checks.health_figures(self.statuses, self.tracker, self.record,
-                                              restarts, system.kills, system.redis_restarts)  # fmt: skip
+                                              restarts, system.kills, system.redis_restarts,
+                                              sim_keys)  # fmt: skip
         self.figures.append(info("run", "exchange sampling errors", self.sampler.errors))
         await secrets_scan.scan_redis(system.redis, self.cfg.secrets.named(), self.hits)
         self.counts = {s: await system.redis.xlen(system.keys.stream(s)) for s in STREAMS}

@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from services.exchange_sim.__main__ import build_parser, config_from_args
+from services.exchange_sim.engine.audit import FillRecord
 from services.exchange_sim.server import SimServer
 
 
@@ -38,7 +39,32 @@ def _records(rows: list[Any]) -> list[dict[str, Any]]:
 
 
 class ObservedSim(SimServer):
-    """SimServer with the observer routes (module doc)."""
+    """SimServer with the observer routes (module doc), and the leverage of the position
+    at every fill (the audit has none): "never above the cap" then covers every fill, not
+    only the moments the harness sampled."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.fill_leverage: dict[str, int] = {}  # symbol -> highest leverage at a fill
+        self.fills_by_leverage: dict[int, int] = {}
+        previous = self.exchange.audit.hook
+
+        def hook(rec: Any) -> None:
+            if isinstance(rec, FillRecord):
+                self._on_fill(rec)
+            if previous is not None:
+                previous(rec)
+
+        self.exchange.audit.hook = hook
+
+    def _on_fill(self, rec: FillRecord) -> None:
+        acct = self.exchange.accounts.get(rec.account_id)
+        pos = acct.positions.get(rec.symbol) if acct else None
+        if pos is None:
+            return
+        lev = int(pos.leverage)
+        self.fill_leverage[rec.symbol] = max(lev, self.fill_leverage.get(rec.symbol, 0))
+        self.fills_by_leverage[lev] = self.fills_by_leverage.get(lev, 0) + 1
 
     @property
     def account_id(self) -> str:
@@ -72,6 +98,8 @@ class ObservedSim(SimServer):
             "fills": _records(a.fills),
             "rejects": _records(a.rejects),
             "duplicates": [list(d) for d in a.duplicate_client_ids()],
+            "fill_leverage": self.fill_leverage,
+            "fills_by_leverage": {str(k): v for k, v in self.fills_by_leverage.items()},
         }
 
     def make_app(self) -> web.Application:
