@@ -312,6 +312,23 @@ async def test_throttle_stops_every_client_sharing_redis(
         assert a.stats()[key] == 1
 
 
+async def test_shared_ban_is_in_wall_clock_whatever_each_process_thinks_of_exchange_time(
+    fake: FakeBinance, redis_client, prefix
+) -> None:
+    """Process `a` synced to a server an hour ahead; `b` never synced. The ban `a` stores
+    must still mean ~1 s to `b` (not an hour): bans are kept in wall-clock ms."""
+    fake.skew_ms = 3_600_000
+    fake.script["/fapi/v1/order"].append(error(429, -1003, "slow", **{"Retry-After": "1"}))
+    async with client(fake, redis_client, prefix) as a, client(fake, redis_client, prefix) as b:
+        with pytest.raises(RateLimited):
+            await a.new_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="1")
+        until = int(await redis_client.get(Keys(prefix).rest_banned_until(account_id(KEY))))
+        assert 0 < until - time.time() * 1000 <= 1100
+        started = time.monotonic()
+        await b.ping()  # waits the short ban out instead of refusing for an hour
+        assert 0.5 <= time.monotonic() - started < 5
+
+
 async def test_long_ban_refuses_without_sending(fake: FakeBinance, redis_client, prefix) -> None:
     fake.script["/fapi/v1/ping"].append(error(418, -1003, "banned", **{"Retry-After": "120"}))
     async with client(fake, redis_client, prefix) as a, client(fake, redis_client, prefix) as b:

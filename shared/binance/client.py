@@ -207,6 +207,9 @@ class BinanceClient:
         wall0, server0 = self._anchor
         return server0 + int((self._wall() - wall0) * 1000 * self._clock_rate)
 
+    def _wall_ms(self) -> int:
+        return int(self._wall() * 1000)
+
     async def sync_time(self) -> int:
         """Measure the server-time offset (GET /fapi/v1/time); returns it in ms."""
         async with self._sync_lock:
@@ -275,11 +278,14 @@ class BinanceClient:
     async def _wait_for_budget(self, weight: int) -> None:
         """Reserve weight in the shared budget; wait out full minutes and short bans."""
         while True:
-            verdict = await self._budget.reserve(weight, self.server_ms())
+            verdict = await self._budget.reserve(weight, self.server_ms(), self._wall_ms())
             if verdict.ok:
                 self._weight_used = verdict.used
                 return
+            # Bans are in wall-clock ms; a full minute is on the exchange's clock.
             wait = verdict.wait_ms / 1000
+            if not verdict.banned:
+                wait /= max(self._clock_rate, 1.0)
             if verdict.banned:
                 if wait > self._max_ban_wait:
                     self._counters["gate_refusals"] += 1
@@ -338,8 +344,10 @@ class BinanceClient:
 
     async def _throttled(self, exc: RateLimited | IpBanned, path: str) -> None:
         """429/418: stop every process sharing this key until Retry-After has passed."""
-        now = self.server_ms()
-        until = now + int(exc.retry_after * 1000)
+        # Kept in wall-clock ms, which every process sharing the key agrees on. Retry-After
+        # counts exchange seconds: on a sped-up simulator those pass faster.
+        now = self._wall_ms()
+        until = now + int(exc.retry_after * 1000 / max(self._clock_rate, 1.0))
         self._last_throttle_status = exc.status
         self._counters["bans" if isinstance(exc, IpBanned) else "rate_limit_hits"] += 1
         await self._budget.ban(until, now)

@@ -51,7 +51,9 @@ def next_minute_wait(now_ms: int) -> int:
 class WeightBudget(Protocol):
     limit: int
 
-    async def reserve(self, weight: int, now_ms: int) -> Reservation: ...
+    async def reserve(
+        self, weight: int, now_ms: int, wall_ms: int | None = None
+    ) -> Reservation: ...
     async def reconcile(self, used: int, now_ms: int) -> int: ...
     async def ban(self, until_ms: int, now_ms: int) -> int: ...
     async def banned_until(self) -> int: ...
@@ -73,9 +75,10 @@ class LocalWeightBudget:
         if minute != self._minute:
             self._minute, self._used = minute, 0
 
-    async def reserve(self, weight: int, now_ms: int) -> Reservation:
-        if self._banned_until > now_ms:
-            return Reservation(False, self._used, self._banned_until - now_ms, banned=True)
+    async def reserve(self, weight: int, now_ms: int, wall_ms: int | None = None) -> Reservation:
+        wall = now_ms if wall_ms is None else wall_ms
+        if self._banned_until > wall:
+            return Reservation(False, self._used, self._banned_until - wall, banned=True)
         self._roll(now_ms)
         if weight > 0 and self._used > 0 and self._used + weight > self.limit:
             return Reservation(False, self._used, next_minute_wait(now_ms))
@@ -96,11 +99,13 @@ class LocalWeightBudget:
 
 
 # KEYS[1] weight key of this minute, KEYS[2] ban key
-# ARGV[1] weight, ARGV[2] limit, ARGV[3] now ms, ARGV[4] weight key ttl ms
+# ARGV[1] weight, ARGV[2] limit, ARGV[3] now ms (exchange clock), ARGV[4] weight key ttl ms,
+# ARGV[5] now ms on the wall clock (bans are kept in wall-clock ms: every process agrees
+# on it, while each one's estimate of the exchange clock differs)
 # -> {0, used} reserved | {1, used} budget full | {2, banned_until} banned
 _RESERVE = """
 local banned = tonumber(redis.call('GET', KEYS[2]) or '0')
-if banned > tonumber(ARGV[3]) then return {2, banned} end
+if banned > tonumber(ARGV[5]) then return {2, banned} end
 local w = tonumber(ARGV[1])
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if w > 0 and used > 0 and used + w > tonumber(ARGV[2]) then return {1, used} end
@@ -154,23 +159,25 @@ class SharedWeightBudget:
                 self.redis_errors,
             )
 
-    async def reserve(self, weight: int, now_ms: int) -> Reservation:
-        """Atomically reserve `weight` in this minute, unless banned or over the limit."""
+    async def reserve(self, weight: int, now_ms: int, wall_ms: int | None = None) -> Reservation:
+        """Atomically reserve `weight` in this minute, unless banned or over the limit.
+        `now_ms` (exchange clock) picks the weight minute; bans compare with `wall_ms`."""
+        wall = now_ms if wall_ms is None else wall_ms
         local_ban = await self._local.banned_until()
-        if local_ban > now_ms:  # known without asking Redis (also covers a Redis outage)
-            return Reservation(False, 0, local_ban - now_ms, banned=True)
+        if local_ban > wall:  # known without asking Redis (also covers a Redis outage)
+            return Reservation(False, 0, local_ban - wall, banned=True)
         try:
             keys = [self.weight_key(now_ms), self.ban_key]
             status, value = await self._reserve(
-                keys=keys, args=[weight, self.limit, now_ms, WEIGHT_TTL_MS]
+                keys=keys, args=[weight, self.limit, now_ms, WEIGHT_TTL_MS, wall]
             )
         except (RedisError, OSError) as exc:
             self._degraded(exc)
-            return await self._local.reserve(weight, now_ms)
+            return await self._local.reserve(weight, now_ms, wall_ms)
         status, value = int(status), int(value)
         if status == 2:
-            await self._local.ban(value, now_ms)
-            return Reservation(False, 0, value - now_ms, banned=True)
+            await self._local.ban(value, wall)
+            return Reservation(False, 0, value - wall, banned=True)
         if status == 1:
             return Reservation(False, value, next_minute_wait(now_ms))
         await self._local.reconcile(value, now_ms)
