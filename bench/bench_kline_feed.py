@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import redis
 import redis.asyncio as aioredis
 
@@ -184,17 +185,19 @@ async def _ceiling(url: str, seconds: float, warmup: float) -> dict[str, float]:
         end_warm = time.perf_counter() + warmup
         while time.perf_counter() < end_warm:
             loads(await recv(False))
-        count, t0 = 0, time.perf_counter()
+        count, t0, c0 = 0, time.perf_counter(), time.process_time()
         deadline = t0 + seconds
         while True:
             loads(await recv(False))
             count += 1
             if count & 1023 == 0 and time.perf_counter() >= deadline:
                 break
-        return {"count": count, "seconds": time.perf_counter() - t0}
+        return {"count": count, "seconds": time.perf_counter() - t0,
+                "cpu": time.process_time() - c0}  # fmt: skip
 
 
-def run_ceiling(url: str, seconds: float) -> float:
+def run_ceiling(url: str, seconds: float) -> tuple[float, float]:
+    """(messages/s, messages per CPU-second) of the bare client."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_kline_feed", "--ceiling-client", url,
          "--seconds", str(seconds)], cwd=REPO, capture_output=True, text=True,
@@ -202,7 +205,7 @@ def run_ceiling(url: str, seconds: float) -> float:
     if out.returncode != 0:
         raise RuntimeError(f"ceiling client failed: {out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return float(r["count"] / r["seconds"])
+    return r["count"] / r["seconds"], r["count"] / max(r["cpu"], 1e-9)
 
 
 # ---- throughput ----------------------------------------------------------------------------------
@@ -214,8 +217,8 @@ def _heartbeat(client: redis.Redis, key: str) -> tuple[int, int] | None:
 
 
 def run_feed(sim_env: dict[str, str], redis_url: str, symbols: list[str], seconds: float,
-             warmup: float) -> tuple[float, float]:  # fmt: skip
-    """(messages/s, closes/s) of one kline_feed process."""
+             warmup: float) -> tuple[float, float, float]:  # fmt: skip
+    """(messages/s, messages per CPU-second, closes/s) of one kline_feed process."""
     client = redis.Redis.from_url(redis_url)
     keys = Keys(PREFIX)
     client.delete(keys.stream_klines, keys.kline_last_open)
@@ -229,13 +232,21 @@ def run_feed(sim_env: dict[str, str], redis_url: str, symbols: list[str], second
                 raise RuntimeError("kline_feed exited")
             time.sleep(0.05)
         time.sleep(warmup)
-        a, x0 = _heartbeat(client, hb), client.xlen(keys.stream_klines)
+        ps = psutil.Process(proc.pid)
+        a, x0, c0 = _heartbeat(client, hb), client.xlen(keys.stream_klines), ps.cpu_times()
         t0 = time.perf_counter()
         time.sleep(seconds)
-        b, x1 = _heartbeat(client, hb), client.xlen(keys.stream_klines)
+        b, x1, c1 = _heartbeat(client, hb), client.xlen(keys.stream_klines), ps.cpu_times()
         assert a is not None and b is not None
-        rate = (b[0] - a[0]) / ((b[1] - a[1]) / 1000)
-        return rate, (x1 - x0) / (time.perf_counter() - t0)
+        n = b[0] - a[0]
+        # the heartbeat's counter lags its clock by < 1 interval; CPU is over the sleep
+        cpu = (c1.user + c1.system) - (c0.user + c0.system)
+        wall = time.perf_counter() - t0
+        return (
+            n / ((b[1] - a[1]) / 1000),
+            n / max(cpu * (b[1] - a[1]) / 1000 / wall, 1e-9),
+            (x1 - x0) / wall,
+        )
     finally:
         stop(proc)
         client.close()
@@ -244,6 +255,8 @@ def run_feed(sim_env: dict[str, str], redis_url: str, symbols: list[str], second
 def throughput(
     redis_url: str, source: str, n_symbols: int, speed: float, seconds: float, rounds: int
 ) -> None:
+    """Wall rates are at the mercy of the machine's other load; messages per CPU-second of
+    each process are the steadier comparison, so both are printed."""
     symbols = list(symbol_list(str(n_symbols)))
     with tempfile.TemporaryDirectory() as tmp:
         if source == "sim":
@@ -252,28 +265,27 @@ def throughput(
             producer, env = start_firehose(n_symbols, Path(tmp))
         try:
             url = streams_url(env["SLT_EXCHANGE__WS_URL"], [stream_name(s, "1m") for s in symbols])
-            ceil, feed, closes = [], [], []
+            ceil, ceil_cpu, feed, feed_cpu, closes = [], [], [], [], []
             for _ in range(rounds):
-                ceil.append(run_ceiling(url, seconds))
-                f, c = run_feed(env, redis_url, symbols, seconds, warmup=1.0)
+                r, rc = run_ceiling(url, seconds)
+                f, fc, c = run_feed(env, redis_url, symbols, seconds, warmup=1.0)
+                ceil.append(r)
+                ceil_cpu.append(rc)
                 feed.append(f)
+                feed_cpu.append(fc)
                 closes.append(c)
         finally:
             stop(producer)
-    c, f = statistics.median(ceil), statistics.median(feed)
+    med = statistics.median
     what = f"simulator at speed {speed:g}" if source == "sim" else "firehose"
-    print(
-        f"throughput from the {what}, {n_symbols} symbols ({rounds} rounds of {seconds:g}s, median)"
-    )
-    print(
-        f"  raw ceiling (websockets + orjson.loads): {c:>10,.0f} msgs/s   {[round(x) for x in ceil]}"
-    )
-    print(
-        f"  kline_feed (hot path, closes -> Redis):  {f:>10,.0f} msgs/s   {[round(x) for x in feed]}"
-    )
-    print(
-        f"  ratio {f / c:.2f}   closed klines into the stream: {statistics.median(closes):,.0f}/s"
-    )
+    print(f"throughput from the {what}, {n_symbols} symbols ({rounds} rounds of {seconds:g}s, "
+          "median; per CPU-second in brackets)")  # fmt: skip
+    for name, w, c in (("raw ceiling (websockets + orjson.loads)", ceil, ceil_cpu),
+                       ("kline_feed (hot path, closes -> Redis) ", feed, feed_cpu)):  # fmt: skip
+        print(f"  {name}: {med(w):>8,.0f} msgs/s  ({med(c):>8,.0f}/cpu-s)  "
+              f"{[round(x) for x in w]}")  # fmt: skip
+    print(f"  ratio {med(feed) / med(ceil):.2f} (per CPU-second {med(feed_cpu) / med(ceil_cpu):.2f})"
+          f"   closed klines into the stream: {med(closes):,.0f}/s")  # fmt: skip
 
 
 # ---- latency -------------------------------------------------------------------------------------
@@ -309,7 +321,7 @@ async def latency(redis_url: str, n_symbols: int, speed: float, minutes: int) ->
                                 cwd=REPO, env=env)  # fmt: skip
         try:
             last_id = "$"
-            while len(done) < minutes + 2:
+            while len(done) < minutes + 5:
                 resp = await r.xread({keys.stream_klines: last_id}, block=2000, count=1000)
                 now = time.perf_counter()
                 if not resp:
@@ -330,7 +342,7 @@ async def latency(redis_url: str, n_symbols: int, speed: float, minutes: int) ->
         finally:
             stop(proc)
             await r.aclose()
-    ts = [t for t in sorted(done)[2:] if t in sent]  # the first two minutes warm up
+    ts = [t for t in sorted(done)[5:] if t in sent]  # the first minutes warm up
     read_back = sorted((done[t][0] - sent[t][0]) * 1000 for t in ts)
     in_redis = sorted(done[t][1] - sent[t][1] for t in ts)
     print(f"latency, {n_symbols} closes per minute, {len(ts)} minutes at speed {speed:g}:")
@@ -344,6 +356,65 @@ async def latency(redis_url: str, n_symbols: int, speed: float, minutes: int) ->
         "bad_messages", "reconnects")))  # fmt: skip
 
 
+# ---- close path: socket x:true vs REST ------------------------------------------------------
+async def close_path(redis_url: str, n_symbols: int, speed: float, minutes: int) -> None:
+    """With Binance's ~2 s close delay in the simulator: when is the closed candle on REST,
+    when does x:true come, and when is a minute's last kline in Redis, with the early REST
+    path on (default `early_rest_close` 0.5 s) and off (0).  Times in exchange seconds
+    after the minute ended (XADD times are 1 ms of wall time = `speed` ms here)."""
+    import aiohttp
+
+    from services.exchange_sim.driver import BINANCE_CLOSE_DELAY_MS
+    from services.exchange_sim.server import SimConfig, SimServer
+
+    symbols = list(symbol_list(str(n_symbols)))
+    keys = Keys(PREFIX)
+    print(
+        f"close path, {n_symbols} symbols, x:true {BINANCE_CLOSE_DELAY_MS} ms late, speed {speed:g}:"
+    )
+    for early in ("0.5", "0"):
+        r = aioredis.from_url(redis_url)
+        await r.delete(keys.stream_klines, keys.kline_last_open)
+        cfg = SimConfig(symbols=tuple(symbols), speed=speed, history_minutes=5,
+                        close_delay_ms=BINANCE_CLOSE_DELAY_MS)  # fmt: skip
+        async with SimServer(cfg) as sim, aiohttp.ClientSession() as http:
+            sim0, wall0 = sim.clock.now_ms(), time.time() * 1000
+            env = feed_env(sim.env(), redis_url, symbols, SLT_WEBSOCKET__EARLY_REST_CLOSE=early)
+            proc = subprocess.Popen([sys.executable, "-m", "services.kline_feed", "--port", "0"],  # noqa: ASYNC220
+                                    cwd=REPO, env=env)  # fmt: skip
+            rest_at: list[float] = []
+            in_redis: dict[int, float] = {}
+            first = sim0 - sim0 % 60_000 + 120_000
+            try:
+                for m in range(minutes):
+                    end = first + m * 60_000  # minute [end - 60 s, end) closes at `end`
+                    await sim.wait_until(end - 200)
+                    url = (f"{sim.rest_url}/fapi/v1/klines?symbol={symbols[0]}&interval=1m"
+                           f"&startTime={end - 60_000}&limit=2")  # fmt: skip
+                    while True:
+                        async with http.get(url) as resp:
+                            if len(await resp.json()) == 2:
+                                rest_at.append((sim.clock.now_ms() - end) / 1000)
+                                break
+                        await asyncio.sleep(0.001)
+                await sim.wait_until(first + minutes * 60_000 + 5_000)
+                for entry_id, fields in await r.xrange(keys.stream_klines):
+                    _, data, _ = decode_event(fields)
+                    at = sim0 + (int(entry_id.split(b"-")[0]) - wall0) * speed
+                    t_end = data["open_time"] + 60_000
+                    in_redis[t_end] = max(in_redis.get(t_end, -1e18), (at - t_end) / 1000)
+                feed = await r.hgetall(keys.health("kline_feed"))
+            finally:
+                stop(proc)
+                await r.aclose()
+        lat = sorted(v for t, v in in_redis.items() if first <= t < first + minutes * 60_000)
+        print(f"  early_rest_close={early}: REST had the closed candle p50 "
+              f"{statistics.median(rest_at):+.2f} s; x:true measured "
+              f"{float(feed.get(b'close_lateness_ms', b'0') or 0) / 1000:.2f} s late; the "
+              f"minute's last kline in Redis p50 {statistics.median(lat):+.2f} s, max "
+              f"{lat[-1]:+.2f} s (REST fetches {feed.get(b'early_rest_fetches', b'?').decode()})")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--symbols", type=int, default=200)
@@ -353,7 +424,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--minutes", type=int, default=100, help="latency: simulated minutes")
     p.add_argument("--latency-speed", type=float, default=300)
-    p.add_argument("--skip", choices=("throughput", "latency"), default=None)
+    p.add_argument("--skip", default="", help="comma list: throughput,latency,close_path")
+    p.add_argument("--close-minutes", type=int, default=5)
+    p.add_argument("--close-speed", type=float, default=10)
     p.add_argument("--ceiling-client", default=None, help=argparse.SUPPRESS)
     p.add_argument("--firehose-server", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -374,13 +447,16 @@ def main() -> None:
             server.start()
             stack.callback(server.stop)
             url = server.url
-        if args.skip != "throughput":
+        import uvloop
+
+        skip = set(args.skip.split(","))
+        if "throughput" not in skip:
             for source in args.sources.split(","):
                 throughput(url, source, args.symbols, args.speed, args.seconds, args.rounds)
-        if args.skip != "latency":
-            import uvloop
-
+        if "latency" not in skip:
             uvloop.run(latency(url, args.symbols, args.latency_speed, args.minutes))
+        if "close_path" not in skip:
+            uvloop.run(close_path(url, 20, args.close_speed, args.close_minutes))
 
 
 if __name__ == "__main__":

@@ -104,6 +104,12 @@ class Keys:
         Writer: account_feed (services/account_feed/cache.py, one Lua script)."""
         return f"{self.prefix}account:event_time"
 
+    @staticmethod
+    def position_slot(symbol: str) -> str:
+        """Field of `account_state` with the event time of `position(symbol)` (kept after
+        a close deletes the hash).  Reader: trader (is a flat cache newer than our fill?)."""
+        return f"position:{symbol}"
+
     @property
     def account_leverage(self) -> str:
         """Hash symbol -> leverage (symbolConfig at start, ACCOUNT_CONFIG_UPDATE after):
@@ -153,6 +159,13 @@ class Keys:
         """Open time (ms) of the last minute the trader decided, so a minute replayed
         after a restart is not decided (or published) twice. Writer and reader: trader."""
         return f"{self.prefix}trader:last_decided_minute"
+
+    @property
+    def trader_entries(self) -> str:
+        """Hash symbol -> JSON of the trader's last entry there (fill time, still held until
+        the account cache or REST confirms it), so a restart never re-enters a symbol the
+        cache has not caught up with.  Writer and reader: trader (services/trader/holds.py)."""
+        return f"{self.prefix}trader:entries"
 
     @property
     def learner_seen(self) -> str:

@@ -44,7 +44,8 @@ async def mid_minute(sim: SimServer) -> None:
 async def test_publishes_every_close_with_cache_and_prices(
     redis_client: aioredis.Redis, redis_url: str, prefix: str
 ) -> None:
-    async with SimServer(sim_config()) as sim:
+    # the server pings every 0.2 s and drops a socket that does not pong within 0.6 s
+    async with SimServer(sim_config(ping_interval_s=0.2, pong_timeout_s=0.6)) as sim:
         st = feed_settings(sim, redis_url, prefix)
         svc = KlineFeedService(st)
         async with running(svc, st):
@@ -65,6 +66,8 @@ async def test_publishes_every_close_with_cache_and_prices(
         assert stats["bad_messages"] == 0 and stats["messages_in"] > stats["klines_published"]
         assert stats["connections"]["c0"]["streams"] == 3
         assert stats["last_update"].endswith("Z")
+        assert sim.registry.counters["pings_sent"] >= 3
+        assert sim.registry.counters["pong_timeouts"] == 0 and stats["reconnects"] == 0
 
 
 async def test_drop_mid_minute_backfills_the_missed_close(

@@ -59,8 +59,10 @@ async def test_kline_feed_down_then_back(
                 assert fb.stats()["active"]["kline_feed_down"] == 0
                 await assert_exactly_once(redis_client, prefix, sim)
                 assert feed.stats()["klines_published"] >= len(SYMBOLS)
-            stats = fb.stats()
-    assert stats["activations"]["kline_feed_down"] == 1
+                stats = fb.stats()
+                assert stats["activations"]["kline_feed_down"] == 1
+            # the feed stopped: down again, a second activation
+            await until(lambda: fb.stats()["activations"]["kline_feed_down"] == 2, 5)
     assert stats["errors"] >= 1 and stats["rest"]["breaker_opens"] >= 1
     assert stats["prices_refreshed"] >= len(SYMBOLS)
 
@@ -116,8 +118,11 @@ async def test_account_feed_down_fills_positions_and_balances(
                 await until(lambda: fb.stats()["cycles"] >= cycles + 3, 5)
                 assert not await redis_client.exists(keys.balance("USDT"))  # stopped
                 assert fb.stats()["active"]["account_feed_down"] == 0
-            stats = fb.stats()
-    assert stats["activations"]["account_feed_down"] == 1
+                stats = fb.stats()
+                assert stats["activations"]["account_feed_down"] == 1
+            # the stand-in stopped: account_feed is down again, a second activation
+            await until(lambda: fb.stats()["activations"]["account_feed_down"] == 2, 5)
+            await until(lambda: redis_client.exists(keys.balance("USDT")), 5)
     assert stats["positions_written"] >= 1 and stats["balances_written"] >= 1
 
 

@@ -18,6 +18,8 @@ from services.rest_fallback.freshness import (
     decide_klines,
     heartbeat_alive,
     kline_reason,
+    mark_prices,
+    needs_fetch,
     stale_prices,
 )
 from shared.errors import MessageError
@@ -72,6 +74,20 @@ def test_decide_klines() -> None:
                         {"BTCUSDT", "ETHUSDT", "SOLUSDT"}, NOW, IV, 30_000)  # fmt: skip
     assert got == {"ETHUSDT": Reason.KLINE_STALE, "SOLUSDT": Reason.KLINE_MISSING,
                    "XRPUSDT": Reason.KLINE_FEED_DOWN}  # fmt: skip
+
+
+def test_needs_fetch() -> None:
+    close = NOW - 1  # the kline [NOW - IV, NOW) closed at NOW
+    assert not needs_fetch(close, NOW + IV - 1, IV)  # the next one is still open
+    assert needs_fetch(close, NOW + IV, IV)
+    assert needs_fetch(None, NOW, IV) and needs_fetch(close, None, IV)
+
+
+def test_mark_prices() -> None:
+    rows = [{"symbol": "A", "markPrice": "1.5"}, {"symbol": "B", "markPrice": "NaN"},
+            {"symbol": "C", "markPrice": "0"}, {"symbol": "D", "markPrice": "2"}, "junk"]  # fmt: skip
+    assert mark_prices(rows, {"A", "B", "C"}) == {"A": "1.5"}
+    assert mark_prices({"symbol": "D", "markPrice": "2"}, {"D"}) == {"D": "2"}
 
 
 def test_stale_prices() -> None:

@@ -44,6 +44,8 @@ def _with_index(settings: Settings, index: int) -> Settings:
 
 def _auto_check(settings: Settings) -> int:
     """--check in AUTO mode: the heartbeat of the shard this host holds."""
+    if settings.service.instance_count == 1:
+        return check_health(_with_index(settings, 0), NAME)
     keys = Keys(settings.redis.prefix)
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=2, socket_connect_timeout=2)
     host = socket.gethostname()

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes, "FeedConnection"], Awaitable[None] | None]
 
 MAX_QUEUE = 1024  # frames websockets buffers before it stops reading the socket
+YIELD_EVERY = 256  # messages handled before the reader lets other tasks run
 
 
 def backoff_delay(attempt: int, base: float, cap: float, draw: float) -> float:
@@ -60,7 +61,7 @@ class Session:
     """One opened socket."""
 
     __slots__ = ("ws", "opened_wall", "opened_mono", "opened_exchange_ms", "last_msg",
-                 "messages", "seen", "first", "why")  # fmt: skip
+                 "messages", "seen", "first", "why", "rotate_not_before")  # fmt: skip
 
     def __init__(self, ws: ClientConnection, opened_exchange_ms: int | None) -> None:
         self.ws = ws
@@ -69,6 +70,7 @@ class Session:
         self.opened_exchange_ms = opened_exchange_ms
         self.messages = 0
         self.seen = 0  # `messages` when `last_msg` was last moved
+        self.rotate_not_before = 0.0  # monotonic: after a failed rotation, wait
         self.first = asyncio.Event()  # set at the first message (rotation waits for it)
         self.why = ""
 
@@ -214,7 +216,7 @@ class FeedConnection:
                     await asyncio.wait((reader,), timeout=2)
                     self._ended(session, reader)
                     return
-                if self._too_old(session):
+                if mono >= session.rotate_not_before and self._too_old(session):
                     rotated = await self._rotate(session, reader)
                     if rotated is not None:
                         session, reader = rotated
@@ -249,10 +251,10 @@ class FeedConnection:
         self, old: Session, old_reader: asyncio.Future[Any]
     ) -> tuple[Session, asyncio.Future[Any]] | None:
         """Open a new connection, wait until it delivers, then close the old one."""
+        retry_at = time.monotonic() + max(1.0, self.reconnect_delay)
         new = await self._open()
         if new is None:
-            old.opened_exchange_ms = self._exchange_now()  # try again a while later
-            old.opened_mono = time.monotonic()
+            old.rotate_not_before = retry_at  # keep the old one; try again shortly
             return None
         new_reader = asyncio.ensure_future(self._read(new))
         first = asyncio.ensure_future(new.first.wait())
@@ -264,7 +266,7 @@ class FeedConnection:
             with contextlib.suppress(BaseException):
                 await new_reader
             await self._close(new)
-            old.opened_mono = time.monotonic()
+            old.rotate_not_before = retry_at
             return None
         self.session = new
         self.counters["rotations"] += 1
@@ -279,14 +281,21 @@ class FeedConnection:
     async def _read(self, session: Session) -> None:
         """The per-message loop: receive, count, hand over.  Stall detection watches the
         count from `_serve` instead of reading a clock here."""
-        recv, on = session.ws.recv, self._on_message
+        recv, on, pause = session.ws.recv, self._on_message, asyncio.sleep
         raw = await recv(False)
         session.first.set()
+        n = 0
         while True:
             session.messages += 1
             wait = on(raw, self)  # type: ignore[arg-type]
             if wait is not None:
                 await wait
+            n += 1
+            if n >= YIELD_EVERY:
+                # recv() does not yield while frames are buffered (up to MAX_QUEUE): give
+                # the flusher's Redis reply and the watchdog their turn
+                n = 0
+                await pause(0)
             raw = await recv(False)
 
     async def _close(self, session: Session) -> None:

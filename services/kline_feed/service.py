@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Awaitable
@@ -136,6 +137,7 @@ class KlineFeedService(Service):
                 stall_timeout=ws.stall_timeout, max_age_ms=ws.max_connection_age * 1000,
                 exchange_now=self.exchange_now, on_open=self._on_open,
             ))  # fmt: skip
+        gc.freeze()  # start-up objects (modules, settings, clients) leave the GC's scans
         log.info("feeding", extra={"symbols": len(self.symbols), "shard": f"{index}/{count}",
                                    "connections": len(self.connections)})  # fmt: skip
 
@@ -203,6 +205,8 @@ class KlineFeedService(Service):
         except MessageError as exc:
             return self._bad(raw, exc.reason)
         self.price_times[symbol] = now
+        if self.pipeline.flushing_burst:
+            return self.pipeline.idle.wait()  # closes first (see KlinePipeline.idle)
         return None
 
     def _observe(self, raw: bytes, start: int, now: float) -> bool:

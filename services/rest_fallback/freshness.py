@@ -36,6 +36,8 @@ __all__ = [
     "decide_klines",
     "heartbeat_alive",
     "kline_reason",
+    "mark_prices",
+    "needs_fetch",
     "stale_prices",
 ]
 
@@ -103,6 +105,13 @@ def kline_reason(
     return None
 
 
+def needs_fetch(close_time: int | None, now_ms: int | None, interval_ms: int) -> bool:
+    """Is there a closed kline on the exchange newer than the cached one?  (The next one
+    closes at close_time + 1 + interval.)  Unknown time or no cache: yes.  Keeps a
+    `kline_feed_down` symbol to one REST request per interval, not one per cycle."""
+    return close_time is None or now_ms is None or now_ms >= close_time + 1 + interval_ms
+
+
 def decide_klines(
     symbols: Iterable[str],
     close_times: Mapping[str, int | None],
@@ -130,6 +139,22 @@ def stale_prices(
         s for s in symbols
         if updated_ms.get(s) is None or now_wall_ms - (updated_ms[s] or 0) > stale_after_ms
     ]  # fmt: skip
+
+
+def mark_prices(rows: Any, symbols: set[str]) -> dict[str, str]:
+    """symbol -> mark price (Binance's string) from a `premiumIndex` answer, for `symbols`
+    only; rows that are not a finite price > 0 are skipped."""
+    out: dict[str, str] = {}
+    for r in rows if isinstance(rows, list) else [rows]:
+        if not isinstance(r, Mapping) or r.get("symbol") not in symbols:
+            continue
+        try:
+            price = float(r.get("markPrice", ""))
+        except (TypeError, ValueError):
+            continue
+        if 0.0 < price < float("inf"):
+            out[r["symbol"]] = str(r["markPrice"])
+    return out
 
 
 class Episodes:

@@ -43,6 +43,8 @@ from .freshness import (
     covered_symbols,
     decide_klines,
     heartbeat_alive,
+    mark_prices,
+    needs_fetch,
     stale_prices,
 )
 
@@ -122,7 +124,8 @@ class RestFallbackService(Service):
             )
         self.last_reasons = {k: v.value for k, v in current.items()}
         if decisions:
-            await self._fill_klines(sorted(decisions), now)
+            fetch = [s for s in sorted(decisions) if needs_fetch(close_times.get(s), now, self.iv)]
+            await self._fill_klines(fetch, now)
             await self._refresh_prices(sorted(decisions), wall_ms)
         if not account_alive:
             await self._refresh_account()
@@ -191,12 +194,7 @@ class RestFallbackService(Service):
             self.counters["errors"] += 1
             log.info("premiumIndex unavailable", extra={"error": repr(exc)})
             return
-        want = set(stale)
-        prices = {
-            r["symbol"]: r["markPrice"]
-            for r in rows
-            if isinstance(r, dict) and r.get("symbol") in want
-        }
+        prices = mark_prices(rows, set(stale))
         if prices:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(self.keys.prices, mapping=prices)
