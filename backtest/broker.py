@@ -161,12 +161,6 @@ class SimBroker:
         return kinds == {True, False}
 
     # ---- what the account looks like -------------------------------------------------
-    def balance(self) -> tuple[Decimal, Decimal]:
-        """(equity = wallet + unrealized PnL, available) from GET /fapi/v2/balance."""
-        row = self.exchange.balances(ACCOUNT)[0]
-        return (Decimal(row["balance"]) + Decimal(row["crossUnPnl"]),
-                Decimal(row["availableBalance"]))  # fmt: skip
-
     def snapshot(self) -> tuple[list[Any], list[dict[str, Any]], dict[str, Decimal]]:
         """(positions, open algo orders, liquidation prices) as the position controller's
         sweep reads them over REST (positionRisk v3, openAlgoOrders)."""

@@ -34,9 +34,8 @@ the path up to the current tick only.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -44,20 +43,18 @@ import numpy as np
 
 from backtest.broker import SimBroker
 from backtest.data import BarFeed
+from backtest.flow import OrderFlow
 from backtest.results import BarKline, RunConfig, RunResult
 from backtest.watch import Watcher
-from services.exchange_sim.engine import EngineEvent
 from services.exchange_sim.market.bar import Bar, bar_updates
 from services.exchange_sim.specs import symbol_info
-from services.position_controller.core import PositionControllerCore, TradeClosed
-from services.position_controller.reconcile import CacheRepair
-from services.position_controller.rules import ExitDecision, ProtectionDecision, trend_view
+from services.position_controller.core import PositionControllerCore
+from services.position_controller.rules import trend_view
 from services.trader.account_view import from_cache
-from services.trader.core import Decision, TraderCore
+from services.trader.core import TraderCore
 from services.trader.labels import build_cold_start
-from services.trader.order_ids import client_order_id
 from shared.filters import SymbolFilters
-from shared.models import AccountUpdate, AlgoUpdate, ClosedTrade, OrderIntent, OrderUpdate
+from shared.models import ClosedTrade
 
 _new = tuple.__new__
 MARK_MS = 1000  # the mark-price stream's cadence (markPrice@1s)
@@ -70,7 +67,7 @@ def symbol_filters(feed: BarFeed) -> dict[str, SymbolFilters]:
             for s, spec in feed.specs.items()}  # fmt: skip
 
 
-class Runner:
+class Runner(OrderFlow):
     """One run over one feed (module doc).  `learner`: a `Learner` for the walk-forward
     run; None for the baseline, where the signal's own score is the confidence."""
 
@@ -80,13 +77,8 @@ class Runner:
     ) -> None:  # fmt: skip
         ex = cfg.settings.exchange.model_copy(update={"symbols": list(feed.symbols)})
         s = self.settings = cfg.settings.model_copy(update={"exchange": ex})
-        self.feed, self.cfg, self.name, self.learner, self.progress = (
-            feed,
-            cfg,
-            name,
-            learner,
-            progress,
-        )
+        self.feed, self.cfg, self.name = feed, cfg, name
+        self.learner, self.progress = learner, progress
         filters = symbol_filters(feed)
         self.trader = TraderCore(s, filters, learner)
         self.pc = PositionControllerCore(s, filters)
@@ -128,6 +120,7 @@ class Runner:
                                           self.trader.pending_candidates)  # fmt: skip
         busy, amount, broker, watch = self.broker.open, self.broker.amount, self.broker, self.watch
         learn = self.learner is not None
+        counters, seen = self.trader.counters, -1
         for k in range(n):
             t = times[k]
             now = t + iv
@@ -158,8 +151,10 @@ class Runner:
             if learn:
                 self._retrain(now)  # as the live trader: the schedule is checked each minute
             if k >= k0:
-                if pending_at(t):
+                found = counters.candidates  # (a public counter: no candidates, no decide)
+                if found != seen and pending_at(t):
                     self._decide(t, block)
+                seen = found
                 if amount:
                     e, g = self._equity(block)
                     eq.append(e)
@@ -170,7 +165,7 @@ class Runner:
             if self.progress is not None and (k % 1440 == 0 or k == n - 1):
                 self.progress(k + 1, n)
         self._close_all(times[-1] + iv)
-        eq[-1], gross[-1] = self._equity([[np.nan]] * len(symbols))
+        eq[-1], gross[-1] = self.broker.equity_at(self._last_close)
         return self._result(k0, np.asarray(times[k0:], np.int64) + iv, np.array(eq),
                             np.array(gross))  # fmt: skip
 
@@ -179,10 +174,16 @@ class Runner:
         pending, self.pending = self.pending, []
         with_orders = {p.symbol for p in pending}
         due, fast, iv = self.watch.due, self.fast, self.iv
+        # a minute with orders to send wakes every open symbol: the engine's margin check
+        # reads every position's mark, which must be this open's, as in full mode
+        wake_all = not fast or bool(pending)
         woken = []
         for s in sorted(with_orders | self.broker.open, key=self.jidx.__getitem__):
             r = block[self.jidx[s]]
-            if r[0] == r[0] and (not fast or s in with_orders or due(s, r[2], r[1], t, t + iv)):
+            if r[0] != r[0]:
+                continue  # no bar of this symbol this minute
+            flagged = due(s, r[2], r[1], t, t + iv) if fast else True  # (due: always asked)
+            if flagged or wake_all:
                 woken.append((s, r))
         if fast:
             for s, _ in woken:
@@ -290,138 +291,6 @@ class Runner:
             info.update(accepted=rep.accepted, reason=rep.reason, version=rep.version,
                         auc=rep.challenger.get("auc"), positive_rate=float(np.mean(data.y)))  # fmt: skip
         self.learning.append(info)
-
-    # ---- sending and events ----------------------------------------------------------
-    def _send(self, item: Any, ts: int) -> None:
-        if isinstance(item, Decision):
-            self._enter(item, ts)
-        elif isinstance(item, ExitDecision | ProtectionDecision):
-            for intent in item.intents:
-                ok, events = self.broker.submit(intent, ts)
-                self._pump(events, ts)
-                self.watch.need_sweep |= not ok
-            self.c["exits_sent" if isinstance(item, ExitDecision) else "protections_sent"] += 1
-        elif isinstance(item, TradeClosed):
-            self._trade(item.trade, ts)
-        elif isinstance(item, CacheRepair):
-            self.c["cache_repairs"] += 1
-
-    def _enter(self, d: Decision, ts: int) -> None:
-        """As the live trader's `EntryExecutor`: leverage and entry; once filled, the stop
-        and the take-profit; if either is refused, the placed one is cancelled and the
-        position closed at once (reduce-only MARKET, the decision's `exit` id)."""
-        entry, *legs = d.intents
-        self.c["entries_sent"] += 1
-        before = self.broker.amount.get(d.symbol, 0.0)
-        ok, events = self.broker.submit(entry, ts)
-        self._pump(events, ts)
-        if not ok or self.broker.amount.get(d.symbol, 0.0) == before:
-            return
-        placed, failed = [], False
-        for leg in legs:
-            ok, events = self.broker.submit(leg, ts)
-            self._pump(events, ts)
-            placed += [leg] if ok else []
-            failed |= not ok
-        if not failed:
-            return
-        self.c["protection_failed"] += 1
-        for leg in placed:
-            self._pump(self.broker.cancel_algo(leg.client_order_id, ts), ts)
-        pos = self.pc.positions.get(d.symbol)
-        if pos is not None and pos.size:
-            cid = client_order_id(d.symbol, d.side, d.minute_open_time, "exit",
-                                  self.trader.strategy_version)  # fmt: skip
-            close = OrderIntent(d.symbol, "SELL" if entry.side == "BUY" else "BUY", "MARKET",
-                                abs(pos.size), cid, "exit", reduce_only=True,
-                                reason="protection failed")  # fmt: skip
-            self._pump(self.broker.submit(close, ts)[1], ts)
-
-    def _act(self, actions: list[Any], ts: int) -> None:
-        for a in actions:
-            self._send(a, ts)
-
-    def _defer(self, actions: list[Any]) -> None:
-        """Orders decided at a close go out at the next open; the rest is handled now."""
-        for a in actions:
-            if isinstance(a, ExitDecision | ProtectionDecision):
-                self.pending.append(a)
-            else:
-                self._send(a, 0)
-
-    def _pump(self, events: list[EngineEvent], ts: int) -> None:
-        """Engine payloads -> domain events (live parsers) -> controller -> its actions, at
-        once; then conditional orders a closed position left behind are cancelled."""
-        if not events:
-            return
-        queue, pc = deque(self.broker.domain(events)), self.pc
-        while queue:
-            ev = queue.popleft()
-            self.c["events"] += 1
-            now = ev.event_time
-            if isinstance(ev, AccountUpdate):
-                actions = pc.on_account_update(ev, now)
-                if self.fast:
-                    self.watch.touch_all()
-            elif isinstance(ev, OrderUpdate):
-                actions = pc.on_order_update(ev, now)
-            elif isinstance(ev, AlgoUpdate):
-                actions = pc.on_algo_update(ev, now)
-            else:
-                pc.on_config_update(ev)
-                actions = []
-            self._act(actions, now)
-            if not queue:
-                for s in self.broker.orphaned():
-                    queue.extend(self.broker.domain(self.broker.cancel_algos(s, ts)))
-                    self.c["orphan_cancels"] += 1
-
-    def _trade(self, trade: ClosedTrade, ts: int) -> None:
-        if self._final:
-            self.trades.append(replace(trade, exit_reason="end_of_data"))
-            return
-        self.trades.append(trade)
-        self.trader.on_closed_trade(trade)
-        if self.learner is not None:
-            self._retrain(max(ts, trade.exit_time))
-
-    def _retrain(self, ts: int) -> None:
-        rep = self.trader.maybe_retrain(ts)
-        if rep is not None:
-            self.learning.append({"event": "retrain", "time": ts, "accepted": rep.accepted,
-                                  "reason": rep.reason, "version": rep.version,
-                                  "n_train": rep.n_train, "n_holdout": rep.n_holdout,
-                                  "auc": rep.challenger.get("auc")})  # fmt: skip
-
-    def _sweep(self, now: int) -> None:
-        """The controller's periodic safety net, with what REST would show it (positionRisk,
-        openAlgoOrders).  Fast mode: only when protection or a liquidation band needs it,
-        and the controller holds liquidation prices only of positions near them."""
-        self.watch.need_sweep = False
-        self._last_sweep = now
-        self.c["sweeps"] += 1
-        positions, algos, liq = self.broker.snapshot()
-        if self.fast:
-            for sym in sorted(self.broker.amount, key=self.jidx.__getitem__):
-                self._catch_up(sym)
-            liq = {sym: p for sym, p in liq.items() if sym in self.watch.near_liquidation}
-            self.watch.liq_in_pc = set(liq)
-        self._defer(self.pc.sweep(now, positions, algos, liq))
-
-    def _close_all(self, ts: int) -> None:
-        """End of data: the controller's pending exits go out, then whatever is still open
-        closes at the last price (exit reason end_of_data).  Pending entries lapse."""
-        for p in self.pending:
-            if isinstance(p, ExitDecision):
-                self._send(p, ts)
-        self.pending = []
-        self._final = True
-        for sym, pos in sorted(self.pc.positions.items()):
-            if pos.size:
-                intent = OrderIntent(sym, "SELL" if pos.size > 0 else "BUY", "MARKET",
-                                     abs(pos.size), f"bt-end-{sym}"[:36], "exit",
-                                     reduce_only=True)  # fmt: skip
-                self._pump(self.broker.submit(intent, ts)[1], ts)
 
     def _result(self, k0: int, times: np.ndarray, eq: np.ndarray, gross: np.ndarray) -> RunResult:
         c = dict(self.c)

@@ -22,6 +22,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from backtest.compare import buy_and_hold
 from backtest.data import BarFeed
 from backtest.metrics import Metrics, compute
@@ -46,6 +48,7 @@ class Session:
     cfg: RunConfig
     runs: dict[str, RunResult]
     metrics: dict[str, Metrics]
+    baseline: tuple[np.ndarray, np.ndarray]  # buy and hold: (times, equity)
     seed: int = 0
 
 
@@ -74,17 +77,21 @@ def run_session(
             model = make_learner(cfg, seed) if flag == "on" else None
             cb = progress(name) if progress is not None else None
             runs[name] = Runner(feed, cfg, model, name, cb).run()
-    return Session(feed, cfg, runs, evaluate(feed, cfg, runs), seed)
+    metrics, baseline = evaluate(feed, cfg, runs)
+    return Session(feed, cfg, runs, metrics, baseline, seed)
 
 
-def evaluate(feed: BarFeed, cfg: RunConfig, runs: dict[str, RunResult]) -> dict[str, Metrics]:
+def evaluate(
+    feed: BarFeed, cfg: RunConfig, runs: dict[str, RunResult]
+) -> tuple[dict[str, Metrics], tuple[np.ndarray, np.ndarray]]:
+    """Metrics of every run plus buy and hold over the same window (and its curve)."""
     out = {name: compute(r.times, r.equity, r.notional, r.trades, r.initial_equity,
                          feed.interval_ms) for name, r in runs.items()}  # fmt: skip
     first = next(iter(runs.values()))
     fee = float(cfg.settings.exchange.taker_fee)
     eq, gross = buy_and_hold(feed.closes(), first.start_index, first.initial_equity, fee)
     out[BUY_AND_HOLD] = compute(first.times, eq, gross, [], first.initial_equity, feed.interval_ms)
-    return out
+    return out, (first.times, eq)
 
 
 def write_outputs(session: Session, out_dir: str | Path) -> dict[str, Path]:
@@ -94,12 +101,9 @@ def write_outputs(session: Session, out_dir: str | Path) -> dict[str, Path]:
              "equity": out / "equity.png"}  # fmt: skip
     write_trades(paths["trades"], session.runs)
     paths["metrics"].write_text(json.dumps(metrics_document(session), indent=2, default=str))
-    first = next(iter(session.runs.values()))
     curves = {name: (r.times, r.equity) for name, r in session.runs.items()}
+    curves[BUY_AND_HOLD] = session.baseline
     bh = session.metrics[BUY_AND_HOLD]
-    fee = float(session.cfg.settings.exchange.taker_fee)
-    curves[BUY_AND_HOLD] = (first.times, buy_and_hold(session.feed.closes(), first.start_index,
-                                                      bh.initial_equity, fee)[0])  # fmt: skip
     title = f"{', '.join(session.feed.symbols)}  {iso(bh.start_ms)[:10]} .. {iso(bh.end_ms)[:10]}"
     equity_png(paths["equity"], curves, bh.initial_equity, title)
     return paths

@@ -46,7 +46,7 @@ class Band:
     liq_high: float = _INF
 
 
-_OPEN = Band(-_INF, _INF, _INF, _INF)
+_ALWAYS = Band(_INF, -_INF, -_INF, -_INF)  # no reference price yet: every bar wakes
 
 
 class Watcher:
@@ -81,7 +81,7 @@ class Watcher:
         """True if the bar [t_start, t_end] of `symbol` may change anything."""
         band = self.bands.get(symbol)
         if band is None:
-            band = self.bands[symbol] = self._band(symbol, t_start)
+            band = self.bands[symbol] = self._band(symbol)
         if low <= band.low or high >= band.high or t_end >= band.time or t_start >= band.funding:
             if low <= band.liq_low or high >= band.liq_high:
                 self.need_sweep = True
@@ -106,12 +106,12 @@ class Watcher:
                 and tv.confidence >= cfg.counter_trend_confidence)  # fmt: skip
 
     # ---- levels ----------------------------------------------------------------------
-    def _band(self, symbol: str, now: int) -> Band:
+    def _band(self, symbol: str) -> Band:
         self.recomputes += 1
         b = self.broker
         ref = b.last.get(symbol)
         if ref is None:
-            return _OPEN
+            return _ALWAYS
         levels = [p for p, _ in b.algos.get(symbol, {}).values()]
         levels += b.limits.get(symbol, {}).values()
         times: list[float] = []

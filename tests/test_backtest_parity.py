@@ -101,10 +101,14 @@ async def publish_history(sim: SimServer, redis: aioredis.Redis, keys: Keys) -> 
 
 
 class Quiet:
-    """Waits until the whole system stops moving after a clock step (module doc)."""
+    """Waits until the whole system is done with a clock step (module doc): every entry the
+    trader queued was executed, no controller close is in flight, every consumer group has
+    read and acknowledged its stream, and nothing (streams, the exchange's audit, the
+    services' counters) moves for a while."""
 
     def __init__(self, sim: SimServer, redis: aioredis.Redis, keys: Keys, services: list[Any]):
         self.sim, self.redis, self.services = sim, redis, services
+        self.trader, self.pc = services[-1], services[-2]
         self.streams = [keys.stream(s) for s in STREAMS]
 
     async def vector(self) -> tuple[Any, ...]:
@@ -117,13 +121,30 @@ class Quiet:
                              if isinstance(v, int)) for svc in self.services)  # fmt: skip
         return (*lens, len(audit.orders), len(audit.fills), len(audit.rejects), *counters)
 
-    async def wait(self, limit_s: float = 15.0) -> None:
+    async def groups_caught_up(self) -> bool:
+        for stream in self.streams:
+            if not await self.redis.exists(stream):
+                continue
+            last = (await self.redis.xinfo_stream(stream))["last-generated-id"]
+            for g in await self.redis.xinfo_groups(stream):
+                if g["pending"] or g["last-delivered-id"] != last:
+                    return False
+        return True
+
+    def services_idle(self) -> bool:
+        t = self.trader
+        executed = sum(t.executor.outcomes.values()) >= t.c["entries_taken"]
+        closing = any(self.pc.core.close_in_flight(s) for s in SYMS)
+        return executed and not closing and t._queue.empty()
+
+    async def wait(self, limit_s: float = 20.0) -> None:
         deadline = time.monotonic() + limit_s
         last, same = await self.vector(), 0
         while same < 4:
             await asyncio.sleep(0.015)
             now = await self.vector()
-            same = same + 1 if now == last else 0
+            idle = self.services_idle() and await self.groups_caught_up()
+            same = same + 1 if now == last and idle else 0
             last = now
             if time.monotonic() > deadline:
                 raise AssertionError("the system did not settle")

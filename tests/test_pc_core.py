@@ -16,6 +16,7 @@ from services.position_controller.rules import (
     TrendView,
     close_order_id,
 )
+from services.position_controller.sources import GapWatch
 from shared.config import load_settings
 from shared.models import (
     AccountUpdate,
@@ -279,3 +280,58 @@ def test_load_positions_from_cache_resumes_with_given_open_times() -> None:
     assert d.client_order_id == close_order_id(SYM, T0, "emergency")
     lot = core.ledger.lot(SYM)
     assert lot is not None and lot.open_time == T0
+
+
+def test_late_fills_after_a_rest_adoption_do_not_double_the_trade() -> None:
+    """account_feed stalled: the sweep adopts the position from REST (updateTime T), then
+    the stream delivers the entry fill (time <= T) and later the stop's fill."""
+    core = PositionControllerCore(CoreConfig())
+    opened = T0 + 10 * MIN
+    row = exch("13734.4", "100", opened)
+    core.sweep(opened + MIN, exchange_positions=[row], open_algo_orders=[])
+    assert core.on_order_update(order("BUY", "13734.4", "100", at=opened, t=1, fee="1"),
+                                opened + MIN + 1) == []  # fmt: skip
+    lot = core.ledger.lot(SYM)
+    assert lot is not None and lot.qty == D("13734.4") and lot.fees == D(1)
+    stop = order("SELL", "13734.4", "99", at=opened + 2 * MIN, t=2, cid="caid9", rp="-13734.4",
+                 reduce=True)  # fmt: skip
+    (done,) = core.on_order_update(stop, opened + 2 * MIN)
+    assert isinstance(done, TradeClosed) and done.trade.quantity == D("13734.4")
+    assert core.ledger.lots == {}
+
+
+def test_flat_snapshot_stops_a_late_close_from_opening_a_phantom_trade() -> None:
+    core = core_with_long()
+    core.on_order_update(order("BUY", "1", "100", at=T0, t=1), T0)
+    other = exch("1", "50", T0 + 2 * MIN, "ETHUSDT")  # the snapshot's newest updateTime
+    actions = core.sweep(T0 + 3 * MIN, exchange_positions=[other], open_algo_orders=[])
+    (ext,) = [a for a in actions if isinstance(a, TradeClosed)]
+    assert ext.trade.exit_reason == "external"
+    # the manual (not reduce-only) close of T0 + 1 min arrives now
+    assert core.on_order_update(order("SELL", "1", "101", at=T0 + MIN, t=2, cid="web_1"),
+                                T0 + 3 * MIN) == []  # fmt: skip
+    assert core.ledger.lot(SYM) is None
+
+
+def test_replayed_gap_fills_record_the_round_trip_the_stream_lost() -> None:
+    core = PositionControllerCore(CoreConfig())
+    close = order("SELL", "2", "103", at=T0 + MIN, t=2, rp="6", reduce=True,
+                  cid=close_order_id(SYM, T0, "time_stop"))  # fmt: skip
+    assert core.on_order_update(close, T0 + MIN) == []  # its opening fill was lost
+    assert core.ledger.replay_needed == {SYM: T0 + MIN}
+    (done,) = core.replay(SYM, [order("BUY", "2", "100", at=T0, t=1), close], T0 + 2 * MIN)
+    assert isinstance(done, TradeClosed) and done.trade.quantity == D(2)
+    assert done.trade.exit_reason == "time_stop" and done.trade.gross_pnl == D(6)
+    assert core.replay(SYM, [close], T0 + 3 * MIN) == []
+
+
+def test_gap_watch_targets_held_symbols_while_down_and_all_once_when_back() -> None:
+    watch = GapWatch(["BTCUSDT", "ETHUSDT", "BNBUSDT"])
+    assert watch.targets(T0, True, ["BTCUSDT"], {}) == {}
+    assert watch.targets(T0 + MIN, False, ["ETHUSDT"], {}) == {"ETHUSDT": T0}
+    assert watch.targets(T0 + 2 * MIN, False, [], {"SOLUSDT": T0 + 90_000}) == {"SOLUSDT": T0}
+    back = watch.targets(T0 + 3 * MIN, True, [], {})
+    assert back == dict.fromkeys(["BTCUSDT", "ETHUSDT", "BNBUSDT"], T0)
+    assert watch.targets(T0 + 4 * MIN, True, ["BTCUSDT"], {}) == {}
+    orphan = watch.targets(T0 + 10 * 3_600_000, True, [], {"BTCUSDT": T0 + 9 * 3_600_000})
+    assert orphan == {"BTCUSDT": T0 + 3 * 3_600_000}  # looked back ORPHAN_LOOKBACK_MS

@@ -3,14 +3,18 @@ Hypothesis for the money identities over random partial fills."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal as D
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.position_controller.inputs import user_trade_fill
 from services.position_controller.ledger import Ledger, exit_reason
 from services.position_controller.rules import close_order_id
+from shared.errors import MessageError
 from shared.models import (
     AccountUpdate,
     AlgoUpdate,
@@ -250,3 +254,104 @@ def test_money_identities_over_random_partial_fills(
     assert tr.exit_price == sum((q * p for q, (p, _, _) in used), D(0)) / total
     assert tr.exit_reason == "invalidation" and tr.side == ("LONG" if long else "SHORT")
     assert ledger.lot("BTCUSDT") is None
+
+
+# ---- fixes from the chaos run: reduce-only cap, REST snapshots, gap replay ----------------
+def test_reduce_only_fill_larger_than_the_lot_closes_it_and_never_opens_the_rest() -> None:
+    ledger = Ledger()
+    ledger.on_fill(fill("BUY", "1", "100", t=1, at=T0, fee="0.1"))
+    # the stop filled the exchange's (larger) position; our lot only knew 1 of it
+    stop = fill("SELL", "3", "95", t=2, at=T0 + 9, fee="0.3", rp="-15", orig="STOP_MARKET",
+                cid="Q5xaq5EGKgXXa0fD7fs0Ip", reduce=True, order_id=2)  # fmt: skip
+    (tr,) = ledger.on_fill(stop)
+    assert tr.exit_reason == "stop_loss" and tr.quantity == D(1) and tr.exit_price == D(95)
+    assert tr.fees == D("0.4") and tr.gross_pnl == D(-15) and tr.net_pnl == D("-15.4")
+    assert ledger.lot("BTCUSDT") is None and ledger.lots == {}
+    assert ledger.counters.reduce_only_excess == 1
+    # closePosition (a triggered algo take-profit) is capped the same way
+    ledger.on_fill(fill("SELL", "2", "100", t=3, at=T0 + 20))
+    tp = replace(fill("BUY", "5", "90", t=4, at=T0 + 30, rp="20", orig="TAKE_PROFIT_MARKET",
+                      order_id=4), close_position=True)  # fmt: skip
+    (tr2,) = ledger.on_fill(tp)
+    assert tr2.exit_reason == "take_profit" and tr2.side == "SHORT" and tr2.quantity == D(2)
+    assert ledger.lot("BTCUSDT") is None and ledger.counters.reduce_only_excess == 2
+
+
+def test_fills_contained_in_an_adopted_snapshot_are_not_added_again() -> None:
+    ledger = Ledger()
+    snap_t = T0 + 5_000  # positionRisk updateTime: the entry fill at T0 is inside it
+    ledger.adopt("BTCUSDT", D("13734.4"), D(100), snap_t, as_of=snap_t)
+    entry = fill("BUY", "13734.4", "100", t=7, at=T0, fee="0.5", cid=ENTRY_ID)
+    assert ledger.on_fill(entry) == []  # arrives late (account_feed stalled)
+    lot = ledger.lot("BTCUSDT")
+    assert lot is not None and lot.qty == D("13734.4") and lot.fees == D("0.5")
+    assert lot.entry_client_id == ENTRY_ID and ledger.counters.presynced_fills == 1
+    close = fill("SELL", "13734.4", "101", t=8, at=snap_t + 1, fee="0.5", rp="13734.4",
+                 cid="Q5xaq5EGKgXXa0fD7fs0Ip", orig="STOP_MARKET", reduce=True, order_id=2)  # fmt: skip
+    (tr,) = ledger.on_fill(close)
+    assert tr.quantity == D("13734.4") and tr.exit_reason == "stop_loss"
+    assert tr.fees == D(1) and tr.net_pnl == D("13733.4")
+
+
+def test_late_fills_of_a_resynced_reduction_replace_the_estimate_and_never_double() -> None:
+    ledger = Ledger()
+    ledger.on_fill(fill("BUY", "2", "100", t=1, at=T0))
+    # REST shows 1 left at T0+10 (estimated at mark 104); the real close was 1 @ 105
+    assert ledger.resync("BTCUSDT", D(1), D(100), T0 + 10, D(104)) == []
+    late = fill("SELL", "1", "105", t=2, at=T0 + 10, fee="0.1", rp="5", reduce=True, order_id=2)
+    assert ledger.on_fill(late) == []
+    lot = ledger.lot("BTCUSDT")
+    assert lot is not None and lot.qty == D(1) and lot.realized == D(5)
+    assert lot.exit_notional == D(105) and lot.fees == D("0.1") and lot.est_qty == 0
+    # a snapshot showed it flat: a late non-reduce-only close must not open a phantom lot
+    (ext,) = ledger.resync("BTCUSDT", D(0), D(0), T0 + 20, D(106))
+    assert ext.exit_reason == "external" and ext.quantity == D(2)
+    assert ledger.on_fill(fill("SELL", "1", "106", t=3, at=T0 + 19, order_id=3)) == []
+    assert ledger.lot("BTCUSDT") is None and ledger.counters.presynced_fills == 2
+    ledger.on_fill(fill("BUY", "1", "107", t=4, at=T0 + 21, order_id=4))  # after T: applies
+    assert ledger.lot("BTCUSDT") is not None
+
+
+def test_orphan_close_is_rebuilt_from_replayed_fills_once() -> None:
+    ledger = Ledger({ENTRY_ID: RECORD}.get)
+    opened = fill("BUY", "2", "100", t=21, at=T0, fee="0.1")  # lost: account_feed down
+    closed = fill("SELL", "2", "103", t=22, at=T0 + 60_000, fee="0.1", rp="6",
+                  cid=close_order_id("BTCUSDT", T0, "time_stop"), reduce=True, order_id=2)  # fmt: skip
+    assert ledger.on_fill(closed) == []
+    assert ledger.replay_needed == {"BTCUSDT": T0 + 60_000}
+    (tr,) = ledger.replay("BTCUSDT", [closed, opened])  # userTrades, any order
+    assert (tr.quantity, tr.exit_reason, tr.net_pnl) == (D(2), "time_stop", D("5.8"))
+    assert tr.decision == RECORD and ledger.replay_needed == {} and ledger.lots == {}
+    assert ledger.replay("BTCUSDT", [opened, closed]) == []  # fetched again: nothing new
+    # an older round trip in a too-wide REST window is skipped, not reopened
+    old = fill("BUY", "1", "90", t=5, at=T0 - 60_000, order_id=5)
+    assert ledger.replay("BTCUSDT", [old]) == [] and ledger.lots == {}
+    assert ledger.counters.replay_skipped >= 1 and ledger.counters.trades == 1
+
+
+def test_snapshot_times_survive_a_restart() -> None:
+    ledger = Ledger()
+    ledger.adopt("BTCUSDT", D(1), D(100), T0, as_of=T0 + 3)
+    restored = Ledger()
+    restored.restore(orjson.loads(orjson.dumps(ledger.to_state(), default=str)))
+    assert restored.synced_at("BTCUSDT") == T0 + 3
+    restored.on_fill(fill("BUY", "1", "100", t=1, at=T0 + 2))
+    lot = restored.lot("BTCUSDT")
+    assert lot is not None and lot.qty == D(1)
+
+
+def test_user_trade_rows_become_fills_with_their_orders_flags() -> None:
+    row = {"buyer": False, "commission": "0.0412", "commissionAsset": "USDT", "id": 698759,
+           "maker": False, "orderId": 25851813, "price": "103.0", "qty": "2", "quoteQty": "206",
+           "realizedPnl": "6", "side": "SELL", "positionSide": "BOTH", "symbol": "BTCUSDT",
+           "time": T0 + 60_000}  # fmt: skip
+    order = {"orderId": 25851813, "clientOrderId": "caid1", "type": "MARKET",
+             "origType": "STOP_MARKET", "reduceOnly": True, "closePosition": True}  # fmt: skip
+    f = user_trade_fill(row, order)
+    assert (f.trade_id, f.trade_time, f.last_filled_qty, f.commission) == (
+        698759, T0 + 60_000, D(2), D("0.0412"))  # fmt: skip
+    assert f.reduce_only and f.close_position and exit_reason(f) == "stop_loss" and f.is_fill
+    bare = user_trade_fill(row, {"orderId": 1, "reduceOnly": True})  # another order's answer
+    assert not bare.reduce_only and bare.client_order_id == ""
+    with pytest.raises(MessageError):
+        user_trade_fill({**row, "qty": "x"})

@@ -452,3 +452,62 @@ async def test_unloadable_model_id_is_counted_not_fatal(
         assert svc.stats()["model_version"] == "baseline"
         d = await enter_btc(sim, svc, redis_client, keys)  # still trades on signal scores
         assert d["taken"] and d["model_version"] == "baseline"
+
+
+async def stale_cache_says_flat(redis: aioredis.Redis, keys: Keys) -> None:
+    """account_feed's heartbeat says ok, a balance hash exists, no position hash: the
+    cache of an account_feed that stalled just before our fill (within heartbeat_ttl)."""
+    from shared.models import Balance
+
+    await redis.hset(keys.health("account_feed"), "status", "ok")
+    await redis.hset(keys.balance("USDT"), mapping=Balance(
+        "USDT", Decimal("10000"), Decimal("10000"), Decimal(0), 1).to_hash())  # fmt: skip
+
+
+async def btc_breakout_no_move(svc: TraderService, redis: aioredis.Redis, keys: Keys,
+                               minute: int) -> dict[str, Any]:  # fmt: skip
+    """Like `enter_btc`, but the simulator's price stays (the open position's take-profit
+    must not fire): returns the BTC decision of `minute`."""
+    await publish(redis, keys, breakout(svc, "BTCUSDT", minute), quiet(svc, "ETHUSDT", minute))
+
+    async def decided() -> list[dict[str, Any]]:
+        return [d for d in await signals(redis, keys)
+                if d["symbol"] == "BTCUSDT" and d["minute_open_time"] == minute]  # fmt: skip
+
+    await until(decided, 10)
+    return (await decided())[0]
+
+
+async def test_stale_position_cache_never_enters_a_symbol_twice(
+    redis_url, prefix, redis_client, tmp_path
+) -> None:
+    """Chaos-run bug: the entry leaves the in-flight set when its order finishes, the
+    position cache has not caught up, account_feed's heartbeat still says ok: the next
+    minute's breakout on the same symbol must NOT become a second entry - not in this
+    run, and not after a restart either."""
+    keys = Keys(prefix)
+    async with paused_sim() as sim:
+        settings = settings_for(sim, redis_url, prefix, tmp_path)
+        await stale_cache_says_flat(redis_client, keys)
+        async with running(settings) as svc:
+            first = await enter_btc(sim, svc, redis_client, keys)
+            await until(lambda: len(svc.executions) >= 1, 10)
+            assert first["taken"] and svc.executions[-1].outcome == Outcome.PROTECTED
+            qty = position(sim, "BTCUSDT")
+            assert qty > 0 and not svc._inflight  # no longer in flight
+            minute = first["minute_open_time"] + MIN
+            second = await btc_breakout_no_move(svc, redis_client, keys, minute)
+            await asyncio.sleep(0.3)  # a taken entry would be executing now
+            assert not second["taken"] and second["reason"] == "already_in_position"
+            assert svc.stats()["holds"]["held"] == 1 and svc.account.counters["cache_reads"] >= 2
+        entries = [o for o in sim.exchange.audit.orders
+                   if o.symbol == "BTCUSDT" and o.client_id.startswith("slt-e-")]  # fmt: skip
+        assert len(entries) == 1 and position(sim, "BTCUSDT") == qty
+        assert await redis_client.hexists(keys.trader_entries, "BTCUSDT")
+        async with running(settings) as svc2:  # the hold survives a restart
+            third = await btc_breakout_no_move(svc2, redis_client, keys, minute + MIN)
+            await asyncio.sleep(0.3)
+            assert not third["taken"] and third["reason"] == "already_in_position"
+        entries = [o for o in sim.exchange.audit.orders
+                   if o.symbol == "BTCUSDT" and o.client_id.startswith("slt-e-")]  # fmt: skip
+        assert len(entries) == 1 and position(sim, "BTCUSDT") == qty

@@ -243,3 +243,116 @@ def test_main_help_usage_and_config_errors(capsys, monkeypatch) -> None:
     assert main(["--bogus"]) == 2
     monkeypatch.setenv("SLT_TRADING__DECISION_GRACE", "-1")
     assert main(["--check"]) == 2 and "decision_grace" in capsys.readouterr().err
+
+
+# ---- entry holds (one position per symbol while the cache lags) ---------------------------------
+def _pos(symbol: str, updated_at: int, size: str = "0.1") -> Position:
+    return Position(symbol, D(size), D("100"), D("100"), D(0), "cross", D(0), 5, updated_at)
+
+
+@given(fill=st.integers(1, 10**13), seen=st.one_of(st.none(), st.integers(0, 10**13)),
+       slot=st.one_of(st.none(), st.integers(0, 10**13)))  # fmt: skip
+def test_hold_released_by_the_cache_only_when_newer_than_the_fill(fill, seen, slot) -> None:
+    from services.trader.holds import EntryHolds, Hold
+
+    h = EntryHolds()
+    h.hold("BTCUSDT", Hold("cid", fill, 0, 10.0, True, 5.0))
+    positions = {} if seen is None else {"BTCUSDT": _pos("BTCUSDT", seen)}
+    released = h.settle_cache(positions, {} if slot is None else {"BTCUSDT": slot})
+    expect = (seen is not None and seen >= fill) or (seen is None and slot is not None
+                                                     and slot > fill)  # fmt: skip
+    assert (released == ["BTCUSDT"]) == expect and ("BTCUSDT" in h.held()) != expect
+
+
+def test_hold_rules_rest_unknown_fill_recent_window_and_json() -> None:
+    from services.trader.holds import EntryHolds, Hold
+
+    h = EntryHolds(recent_ms=1000)
+    h.hold("AUSDT", Hold("a", None, 100, 5.0, True, 10.0))  # outcome unknown: no fill time
+    assert h.settle_cache({}, {"AUSDT": 10**13}) == []  # the cache can never release it
+    assert h.settle_rest((), None, started=9.0) == []  # REST read begun before the hold
+    assert h.settle_rest(("AUSDT",), None, started=11.0) == []  # REST shows it open
+    assert h.settle_rest((), ("BUSDT",), started=11.0) == []  # a read about another symbol
+    assert h.held() == {"AUSDT": 5.0} and h.recently_entered("AUSDT", 10**9)  # held: always
+    assert h.settle_rest((), ("AUSDT",), started=11.0) == ["AUSDT"] and not h.held()
+    assert h.recently_entered("AUSDT", 1099) and not h.recently_entered("AUSDT", 1100)
+    assert h.prune(1099) == [] and h.prune(1100) == ["AUSDT"] and not h.entries
+    h.hold("CUSDT", Hold("c", None, 100, 5.0))
+    h.learn_fill_time("CUSDT", 777)  # REST saw the position: the cache may release it now
+    assert h.settle_cache({"CUSDT": _pos("CUSDT", 777)}, {}) == ["CUSDT"]
+    back = Hold.from_json(h.entries["CUSDT"].to_json())
+    assert (back.client_order_id, back.fill_ms, back.held) == ("c", 777, False)
+    for bad in (b"{", b"{}", b'{"client_order_id":"x","fill_ms":"z","at_ms":1,'
+                              b'"notional":1,"held":true}'):  # fmt: skip
+        with pytest.raises(MessageError):
+            Hold.from_json(bad)
+
+
+async def test_account_view_reads_slot_times_and_rest_start(redis_client, prefix) -> None:
+    keys = Keys(prefix)
+    async with sim_and_client(history_minutes=10) as (_sim, client):
+        ticks = iter(range(100, 200))
+        view = AccountView(redis_client, keys, client, ["BTCUSDT", "ETHUSDT"],
+                           clock=lambda: float(next(ticks)))  # fmt: skip
+        snap = await view.snapshot(["BTCUSDT"])
+        assert snap.source == "rest" and snap.rest_started == 100.0 and snap.slot_times == {}
+        view.invalidate()
+        assert (await view.snapshot()).source == "rest"
+        await redis_client.hset(keys.health("account_feed"), "status", "ok")
+        await redis_client.hset(keys.balance("USDT"),
+                                mapping=Balance("USDT", D("500"), D("500"), D(0), 1).to_hash())  # fmt: skip
+        await redis_client.hset(keys.account_state, mapping={keys.position_slot("BTCUSDT"): "42",
+                                                             keys.position_slot("ETHUSDT"): "x"})  # fmt: skip
+        snap = await view.snapshot(["BTCUSDT", "ETHUSDT", "XRPUSDT"])
+        assert snap.source == "cache" and snap.rest_started is None
+        assert snap.slot_times == {"BTCUSDT": 42}  # damaged / missing slots confirm nothing
+
+
+async def test_confirm_flat_sends_nothing_into_an_open_position(redis_client, prefix) -> None:
+    """A symbol entered recently: REST positionRisk shows the position, so the next entry
+    is not sent (nor claimed); with REST down nothing is sent either."""
+    keys = Keys(prefix)
+    async with sim_and_client(history_minutes=10) as (sim, client):
+        ex = EntryExecutor(client, redis_client, keys, options=fast(), strategy_version="test")
+        first = await ex.execute(decision(sim), confirm_flat=True)  # flat: goes out
+        assert first.outcome == Outcome.PROTECTED and first.fill_time is not None
+        from dataclasses import replace
+
+        d2 = decision(sim)  # the next minute's entry on the same symbol
+        cid2 = client_order_id("BTCUSDT", "LONG", START + MIN, "entry", "test")
+        d2 = replace(d2, intents=(replace(d2.intents[0], client_order_id=cid2), *d2.intents[1:]))
+        again = await ex.execute(d2, confirm_flat=True)
+        assert again.outcome == Outcome.IN_POSITION and "0.010" in again.detail
+        assert not await redis_client.sismember(keys.orders_sent, cid2)
+        sim.admin.fail_rest("5xx", count=10_000, path="/fapi/v3/positionRisk")
+        assert (await ex.execute(d2, confirm_flat=True)).outcome == Outcome.FAILED
+        assert len([o for o in sim.exchange.audit.orders if o.client_id.startswith("slt-e-")]) == 1
+        assert ex.counters["flat_checks"] == 3
+
+
+async def test_hold_keeper_persists_and_asks_rest_when_the_cache_lags(redis_client, prefix) -> None:
+    from services.trader.account_view import AccountSnapshot
+    from services.trader.execution import ExecutionReport
+    from services.trader.hold_keeper import HoldKeeper
+    from services.trader.holds import Hold
+
+    keys = Keys(prefix)
+    async with sim_and_client(history_minutes=10) as (sim, client):
+        wall = [1_000_000]
+        hk = HoldKeeper(redis_client, keys, client, rest_after_ms=5000, wall_ms=lambda: wall[0])
+        report = ExecutionReport("slt-e-x", "BTCUSDT", Outcome.PROTECTED, D("0.01"), "", 500)
+        await hk.after_entry("BTCUSDT", report, 0.0)  # a 0 notional still counts as held
+        await hk.after_entry("ETHUSDT", ExecutionReport("slt-e-y", "ETHUSDT", Outcome.REJECTED), 1)
+        assert list(hk.held()) == ["BTCUSDT"] and hk.held()["BTCUSDT"] > 0
+        restored = HoldKeeper(redis_client, keys, client)
+        await restored.load()
+        assert restored.watch() == ["BTCUSDT"] and restored.recently_entered("BTCUSDT")
+        stale = AccountSnapshot(D(1), D(1), {}, False, "cache", {"BTCUSDT": 400})
+        await hk.settle(stale)  # the cache is older than the fill, REST not due yet
+        assert hk.watch() == ["BTCUSDT"] and hk.counters["rest_checks"] == 0
+        wall[0] += 5000
+        await hk.settle(stale)  # lagging: one positionRisk for BTCUSDT, flat -> released
+        assert hk.watch() == [] and hk.counters["rest_checks"] == 1
+        assert sim.rest_counters["requests"] >= 1
+        back = Hold.from_json(await redis_client.hget(keys.trader_entries, "BTCUSDT"))
+        assert not back.held and hk.recently_entered("BTCUSDT")

@@ -31,6 +31,8 @@ from aiohttp import WSMsgType, web
 
 from .wsconn import ConnRegistry, WsConn, combined, frame_text
 
+RAW, COMBINED = 1, 2  # bits of `MarketHub.forms`
+_NOBODY: frozenset[WsConn] = frozenset()
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 PUBLIC_MARKERS = ("@depth", "@bookTicker")
 
@@ -79,6 +81,9 @@ class MarketHub:
         self.raw_subs: dict[str, set[WsConn]] = {}
         self.comb_subs: dict[str, set[WsConn]] = {}
         self.active: set[str] = set()  # streams with at least one deliverable subscriber
+        # stream -> RAW | COMBINED: which encodings its subscribers need (no key: none)
+        self.forms: dict[str, int] = {}
+        self.version = 0  # bumped by every (un)subscription: lets callers cache lookups
         self.stalled_streams: dict[str, float] = {}  # stream -> monotonic deadline
         self.counters = {"published": 0, "control_msgs": 0, "control_errors": 0}
 
@@ -94,14 +99,17 @@ class MarketHub:
         new = [s for s in streams if s not in conn.streams]
         if len(conn.streams) + len(new) > self.max_streams:
             raise TooManyStreams
+        self.version += 1
         for s in new:
             conn.streams[s] = None
             if self.deliverable(conn, s):
                 subs = self.comb_subs if conn.combined else self.raw_subs
                 subs.setdefault(s, set()).add(conn)
                 self.active.add(s)
+                self.forms[s] = self.forms.get(s, 0) | (COMBINED if conn.combined else RAW)
 
     def unsubscribe(self, conn: WsConn, streams: list[str]) -> None:
+        self.version += 1
         for s in streams:
             conn.streams.pop(s, None)
             for subs in (self.raw_subs, self.comb_subs):
@@ -110,8 +118,12 @@ class MarketHub:
                     group.discard(conn)
                     if not group:
                         del subs[s]
-            if s not in self.raw_subs and s not in self.comb_subs:
+            forms = (RAW if s in self.raw_subs else 0) | (COMBINED if s in self.comb_subs else 0)
+            if forms:
+                self.forms[s] = forms
+            else:
                 self.active.discard(s)
+                self.forms.pop(s, None)
 
     def set_combined(self, conn: WsConn, flag: bool) -> None:
         streams = list(conn.streams)
@@ -144,6 +156,31 @@ class MarketHub:
                 conn.pending.append(frame)
             dirty.update(comb)
         self.counters["published"] += 1
+
+    def publish_encoded(self, events: list[tuple[str, bytes | None, bytes | None]]) -> None:
+        """`publish` for events whose caller encoded the forms `forms[stream]` asks for.
+
+        Each event is (stream, raw, wrapped): `raw` the event JSON (for RAW subscribers),
+        `wrapped` the same event already inside `{"stream":..,"data":..}` (for COMBINED
+        ones), None for a form nobody needs. WHY: the kline encoder builds the combined
+        message in the same `%` as the event, and a batch costs one call per driver step."""
+        if self.stalled_streams:
+            events = [ev for ev in events if not self._stalled(ev[0])]
+        dirty, raw_subs, comb_subs = self.registry.dirty, self.raw_subs, self.comb_subs
+        for stream, raw, wrapped in events:
+            if raw is not None:
+                frame = frame_text(raw)
+                subs = raw_subs.get(stream, _NOBODY)
+                for conn in subs:
+                    conn.pending.append(frame)
+                dirty.update(subs)
+            if wrapped is not None:
+                frame = frame_text(wrapped)
+                subs = comb_subs.get(stream, _NOBODY)
+                for conn in subs:
+                    conn.pending.append(frame)
+                dirty.update(subs)
+        self.counters["published"] += len(events)
 
     def _stalled(self, stream: str) -> bool:
         until = self.stalled_streams.get(stream)

@@ -233,7 +233,8 @@ class PositionControllerCore:
             opened = (open_times or {}).get(pos.symbol, pos.updated_at)
             self._tracked[pos.symbol] = _Tracked(pos, opened, pos.entry_price)
             self._last_event[pos.symbol] = max(self._last_event.get(pos.symbol, 0), pos.updated_at)
-            lot = self.ledger.adopt(pos.symbol, pos.size, pos.entry_price, opened, pos.leverage)
+            lot = self.ledger.adopt(pos.symbol, pos.size, pos.entry_price, opened, pos.leverage,
+                                    as_of=pos.updated_at or None)  # fmt: skip
             if lot is not None and lot.open_time != opened and lot.side == pos.side:
                 self._tracked[pos.symbol].open_time = lot.open_time
 
@@ -273,6 +274,13 @@ class PositionControllerCore:
                 tr.close = None
                 self.counters.close_failures += 1
         return actions
+
+    def replay(self, symbol: str, fills: Iterable[OrderUpdate], now_ms: int) -> list[Action]:
+        """Fills of a gap in the user data stream, fetched over REST (see Ledger.replay):
+        the trades they close come out like those of live fills."""
+        tr = self._tracked.get(symbol)
+        lev = self._leverage.get(symbol) or (tr.position.leverage if tr else None)
+        return [TradeClosed(t) for t in self.ledger.replay(symbol, fills, lev)]
 
     def on_price(self, symbol: str, price: Decimal | float | str, now_ms: int) -> list[Action]:
         """A mark/last price at event time `now_ms`: update excursion, re-evaluate."""
@@ -424,23 +432,26 @@ class PositionControllerCore:
         self.last_reconcile = result
         self.counters.reconciliations += 1
         self.counters.repairs += len(result.repairs)
+        # The snapshot was read no earlier than its newest row's updateTime: a flat
+        # symbol's fills up to then are in it (the ledger then skips their late copies).
+        as_of = max((p.updated_at for p in rows), default=0) or None
         actions: list[Action] = []
         for repair in result.repairs:
-            actions += self._apply_repair(repair, now_ms)
+            actions += self._apply_repair(repair, now_ms, as_of)
             actions.append(repair)
         exchange_symbols = {p.symbol for p in rows if p.size != 0}
         for sym, lot in self.ledger.lots.items():  # closing fills we never saw
             if sym not in self._tracked and sym not in exchange_symbols and sym not in fresh:
                 if lot.last_time <= now_ms - grace:
-                    actions += self._close_external(sym, now_ms)
+                    actions += self._close_external(sym, now_ms, as_of)
         return actions
 
-    def _apply_repair(self, repair: CacheRepair, now_ms: int) -> list[Action]:
+    def _apply_repair(self, repair: CacheRepair, now_ms: int, as_of: int | None) -> list[Action]:
         sym, pos = repair.symbol, repair.position
         if pos is None:
             self._tracked.pop(sym, None)
             self._last_event[sym] = max(self._last_event.get(sym, 0), now_ms)
-            return self._close_external(sym, now_ms)
+            return self._close_external(sym, now_ms, as_of)
         self._last_event[sym] = max(self._last_event.get(sym, 0), pos.updated_at)
         if repair.kind is DiffKind.MISSING_IN_CACHE:
             self.counters.adopted += 1
@@ -450,9 +461,9 @@ class PositionControllerCore:
         self._set_position(pos, pos.updated_at or now_ms, adopted=True)
         return [TradeClosed(t) for t in trades]
 
-    def _close_external(self, symbol: str, now_ms: int) -> list[Action]:
+    def _close_external(self, symbol: str, now_ms: int, as_of: int | None) -> list[Action]:
         price = self._price.get(symbol, (0, None))[1]
-        trade = self.ledger.close_external(symbol, now_ms, price)
+        trade = self.ledger.close_external(symbol, now_ms, price, as_of=as_of)
         if trade is None:
             return []
         self.counters.closed_externally += 1

@@ -188,3 +188,30 @@ def fills_since_open(fills: list[OrderUpdate], size: Decimal) -> list[OrderUpdat
             return None  # crossed zero inside this fill: a flip
         after = before
     return None
+
+
+def user_trade_fill(row: Any, order: dict[str, Any] | None = None) -> OrderUpdate:
+    """One REST `GET /fapi/v1/userTrades` row as the fill it was, so a gap in the user data
+    stream can be replayed through the ledger.  The row has no client order id, order type
+    or reduce-only flag; `order` (the `GET /fapi/v1/order` answer for its `orderId`) adds
+    them when known (then exit reasons and the reduce-only cap work as live), else the fill
+    is a plain MARKET one.  The trade id is the stream's `t`, so live and replayed copies
+    of one fill are the same to the ledger.  MessageError if malformed."""
+    try:
+        qty, price = Decimal(str(row["qty"])), Decimal(str(row["price"]))
+        fee, rp = Decimal(str(row["commission"])), Decimal(str(row.get("realizedPnl", "0")))
+        symbol, side, t = str(row["symbol"]), str(row["side"]), int(row["time"])
+        trade_id, order_id = int(row["id"]), int(row["orderId"])
+    except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
+        raise MessageError("userTrades row without valid fields", excerpt(row)) from None
+    if side not in ("BUY", "SELL") or not (qty > 0 and price > 0 and t > 0):
+        raise MessageError("userTrades row with a bad side/qty/price/time", excerpt(row))
+    o = order if isinstance(order, dict) and int(order.get("orderId", -1)) == order_id else {}
+    otype = str(o.get("type", "MARKET"))
+    return OrderUpdate(
+        symbol, str(o.get("clientOrderId", "")), side, otype, str(o.get("origType", otype)),
+        "GTC", qty, Decimal(0), price, Decimal(0), "TRADE", "FILLED", order_id, qty, qty, price,
+        str(row.get("commissionAsset", "")), fee, rp, trade_id, t, bool(row.get("maker")),
+        bool(o.get("reduceOnly", False)), bool(o.get("closePosition", False)),
+        str(row.get("positionSide", "BOTH")), "CONTRACT_PRICE", t, t,
+    )  # fmt: skip

@@ -8,7 +8,23 @@ trades out; the service publishes them and the learner labels samples with them.
 One-way mode: one lot per symbol.  A lot opens on the first fill from flat, grows with
 fills in its direction, shrinks with opposite fills and closes when its size reaches 0.
 A fill larger than the open size (a non-reduce-only order) closes the lot with reason
-`flip` and opens the opposite lot with the rest (fees split by quantity).
+`flip` and opens the opposite lot with the rest (fees split by quantity).  A reduce-only or
+closePosition fill can never open a position: one larger than the lot (our lot was short of
+the exchange's, e.g. after a REST resync) closes it with the fill's own reason, keeps the
+whole fee and realized profit, and the excess is counted (`reduce_only_excess`), not opened.
+
+REST snapshots: `adopt`/`resync` set a lot from a positionRisk row whose `updateTime` T says
+which fills it already contains (every fill with trade time <= T).  Such a fill arriving
+later (account_feed stalled, the stream replayed) is not added again: its quantity is in
+the lot already.  PnL attribution of those late fills: the commission is added to the lot
+(a snapshot carries no fees); for a fill that reduced the position, its real realized profit
+and price replace the estimate `resync` booked for that quantity (`_reduce_estimated`, at
+the mark price), up to the estimated quantity.  A late fill for a symbol with no lot (the
+snapshot already closed it) only counts (`presynced_fills`): its trade is written.
+
+Gaps: an orphan closing fill (no lot: its opening fills were never seen) marks the symbol
+in `replay_needed`, so the service can rebuild the lot from REST `userTrades`
+(`replay`), after which the closing fills make the trade as usual.
 
 Money: gross PnL is the sum of Binance's realized profit (`rp`) of the closing fills, fees
 are the commissions (`n`) in the quote asset, funding is signed (> 0 received), and
@@ -24,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
@@ -69,6 +85,9 @@ class Lot:
     last_time: int = 0
     leverage: int | None = None
     estimated: bool = False  # part of it was inferred (adopted / external), not filled
+    est_qty: Decimal = _ZERO  # of exit_qty: reduced by `resync` at an estimated price
+    est_notional: Decimal = _ZERO
+    est_realized: Decimal = _ZERO
 
     @property
     def direction(self) -> int:
@@ -112,8 +131,18 @@ class _Lru:
             self._d.popitem(last=False)
         return True
 
+    def discard(self, key: Hashable) -> None:
+        self._d.pop(key, None)
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._d
+
+
+def _fill_key(fill: OrderUpdate) -> Hashable:
+    """(symbol, trade id `t`), or (order id, filled quantity) when `t` is 0."""
+    if fill.trade_id:
+        return (fill.symbol, fill.trade_id)
+    return (fill.symbol, "o", fill.order_id, fill.filled_qty)
 
 
 def exit_reason(fill: OrderUpdate, algo_types: dict[int, str] | None = None) -> str:
@@ -157,6 +186,10 @@ class LedgerCounters:
     unattributed_funding: int = 0
     foreign_fee_fills: int = 0
     lookup_errors: int = 0
+    reduce_only_excess: int = 0  # reduce-only fills larger than the lot (excess ignored)
+    presynced_fills: int = 0  # fills already contained in a REST snapshot (qty not re-added)
+    replayed_fills: int = 0  # fills rebuilt from REST userTrades (new ones only)
+    replay_skipped: int = 0  # fetched fills older than the lot / the last trade
 
 
 class Ledger:
@@ -176,6 +209,9 @@ class Ledger:
         self._emitted = _Lru(memory)
         self._seen_funding = _Lru(memory)
         self._algo_types: OrderedDict[int, str] = OrderedDict()
+        self._synced: dict[str, int] = {}  # symbol -> exchange time of the last snapshot
+        self._orphans: dict[str, int] = {}  # symbol -> earliest orphan closing fill time
+        self._closed_to: dict[str, int] = {}  # symbol -> exit time of its last trade
         self._memory = memory
         self.counters = LedgerCounters()
 
@@ -186,6 +222,33 @@ class Ledger:
     @property
     def lots(self) -> dict[str, Lot]:
         return dict(self._lots)
+
+    @property
+    def replay_needed(self) -> dict[str, int]:
+        """Symbols whose closing fills came with no lot, by the earliest such fill's time:
+        their opening fills were missed, `replay` them from REST userTrades."""
+        return dict(self._orphans)
+
+    def has_seen(self, fill: OrderUpdate) -> bool:
+        """Was this fill (by trade id) applied already?  Saves REST calls on replays."""
+        return _fill_key(fill) in self._seen_fills
+
+    def synced_at(self, symbol: str) -> int | None:
+        """Exchange time of the last REST snapshot the symbol was set from."""
+        return self._synced.get(symbol)
+
+    def _before_replay(self, fill: OrderUpdate) -> bool:
+        """A fetched fill older than the open lot or than the symbol's last recorded
+        trade: it belongs to a trade already recorded (a REST window reaching back too
+        far, e.g. after a restart), so replaying it would open a phantom lot."""
+        lot = self._lots.get(fill.symbol)
+        floor = self._closed_to.get(fill.symbol, -1)
+        if lot is not None and not lot.estimated:
+            floor = max(floor, lot.open_time - 1)
+        if fill.trade_time > floor:
+            return False
+        self.counters.replay_skipped += 1
+        return True
 
     # ---- events ---------------------------------------------------------------------
     def on_algo_update(self, update: AlgoUpdate) -> None:
@@ -204,19 +267,23 @@ class Ledger:
         """Apply one ORDER_TRADE_UPDATE; returns the trades it closed (0, or 1)."""
         if not fill.is_fill or fill.last_filled_qty <= 0:
             return []
-        key = (fill.symbol, fill.trade_id) if fill.trade_id else (
-            fill.symbol, "o", fill.order_id, fill.filled_qty)  # fmt: skip
-        if not self._seen_fills.add(key):
+        if not self._seen_fills.add(_fill_key(fill)):
             self.counters.duplicate_fills += 1
             return []
         self.counters.fills += 1
         fee = self._fee(fill)
+        if fill.trade_time <= self._synced.get(fill.symbol, -1):
+            self._presynced(fill, fee)
+            return []
         qty, price, t = fill.last_filled_qty, fill.last_filled_price, fill.trade_time
         direction = 1 if fill.side == "BUY" else -1
+        reducing = fill.reduce_only or fill.close_position
         lot = self._lots.get(fill.symbol)
         if lot is None:
-            if fill.reduce_only or fill.close_position or exit_reason(fill) == "liquidation":
+            if reducing or exit_reason(fill) == "liquidation":
                 self.counters.orphan_close_fills += 1  # closes a position we never saw open
+                self._orphans.setdefault(fill.symbol, t)
+                self._seen_fills.discard(_fill_key(fill))  # a replay must apply it again
                 return []
             self._open(fill, qty, price, fee, leverage)
             return []
@@ -226,19 +293,74 @@ class Ledger:
             lot.add_entry(qty, price, t)
             lot.fees += fee
             return []
+        return self._close_part(lot, fill, fee, leverage, reducing)
+
+    def _close_part(
+        self, lot: Lot, fill: OrderUpdate, fee: Decimal, leverage: int | None, reducing: bool
+    ) -> list[ClosedTrade]:
+        """An opposite fill: shrink the lot; at 0 the trade ends.  The rest of a larger
+        fill opens the opposite lot (a flip) unless the fill was reduce-only/closePosition:
+        then the excess is counted and dropped, and the fill keeps its whole fee."""
+        qty, price = fill.last_filled_qty, fill.last_filled_price
         closing = min(qty, lot.qty)
-        close_fee = fee if closing == qty else fee * closing / qty
-        lot.add_exit(closing, price, t)
+        rest = qty - closing
+        close_fee = fee if rest == 0 or reducing else fee * closing / qty
+        lot.add_exit(closing, price, fill.trade_time)
         lot.fees += close_fee
         lot.realized += fill.realized_pnl
         if lot.qty > 0:
             return []
-        rest = qty - closing
+        if rest > 0 and reducing:
+            self.counters.reduce_only_excess += 1
+            log.warning("%s: reduce-only fill %s exceeds the lot by %s; excess ignored",
+                        lot.symbol, fill.trade_id, rest)  # fmt: skip
+            rest = _ZERO
         reason = "flip" if rest > 0 else exit_reason(fill, self._algo_types)
         trade = self._finish(lot, reason)
         if rest > 0:
             self._open(fill, rest, price, fee - close_fee, leverage)
         return [trade] if trade is not None else []
+
+    def _presynced(self, fill: OrderUpdate, fee: Decimal) -> None:
+        """A fill the last REST snapshot already contains (see module doc): its fee, and
+        for a reducing fill its real realized profit and price in place of the estimate."""
+        self.counters.presynced_fills += 1
+        lot = self._lots.get(fill.symbol)
+        if lot is None:
+            return
+        lot.fees += fee
+        direction = 1 if fill.side == "BUY" else -1
+        if direction == lot.direction:
+            if not lot.entry_client_id and not (fill.reduce_only or fill.close_position):
+                lot.entry_client_id = fill.client_order_id  # joins the entry's decision
+            return
+        q = min(fill.last_filled_qty, lot.est_qty)
+        if q <= 0:
+            return
+        share = q / lot.est_qty
+        est_real, est_notional = lot.est_realized * share, lot.est_notional * share
+        lot.realized += fill.realized_pnl * q / fill.last_filled_qty - est_real
+        lot.exit_notional += q * fill.last_filled_price - est_notional
+        lot.est_qty -= q
+        lot.est_realized -= est_real
+        lot.est_notional -= est_notional
+
+    def replay(
+        self, symbol: str, fills: Iterable[OrderUpdate], leverage: int | None = None
+    ) -> list[ClosedTrade]:
+        """Fills fetched over REST (userTrades) for a gap in the user data stream, oldest
+        first: the ones not seen yet are applied like live fills (so a round trip that
+        opened and closed in the gap is recorded once); clears `replay_needed`."""
+        self._orphans.pop(symbol, None)
+        out: list[ClosedTrade] = []
+        for f in sorted(fills, key=lambda f: (f.trade_time, f.trade_id)):
+            if f.symbol != symbol or self._before_replay(f):
+                continue
+            before = self.counters.fills
+            out += self.on_fill(f, leverage)
+            self.counters.replayed_fills += self.counters.fills - before
+        self._orphans.pop(symbol, None)  # the replay itself may end on a (real) orphan
+        return out
 
     def on_funding(self, symbol: str, amount: Decimal, time_ms: int, ref: Hashable = None) -> bool:
         """Funding paid (< 0) or received (> 0) on a symbol's open lot; deduplicated by
@@ -280,12 +402,14 @@ class Ledger:
     # ---- positions seen without fills -----------------------------------------------
     def adopt(
         self, symbol: str, size: Decimal, entry_price: Decimal, time_ms: int,
-        leverage: int | None = None,
+        leverage: int | None = None, *, as_of: int | None = None,
     ) -> Lot | None:  # fmt: skip
         """Start a lot for a position we did not see open (behind our back, or before a
-        restart).  No-op when a lot exists or the size is 0."""
+        restart).  No-op when a lot exists or the size is 0.  `as_of` is the exchange time
+        the size was read at (positionRisk `updateTime`): fills up to it are in the lot."""
         if size == 0 or symbol in self._lots:
             return self._lots.get(symbol)
+        self._mark_synced(symbol, as_of)
         lot = Lot(symbol, "LONG" if size > 0 else "SHORT", time_ms, "", leverage=leverage,
                   estimated=True)  # fmt: skip
         lot.add_entry(abs(size), entry_price, time_ms)
@@ -293,10 +417,13 @@ class Ledger:
         return lot
 
     def close_external(
-        self, symbol: str, time_ms: int, price: Decimal | None = None
-    ) -> ClosedTrade | None:
+        self, symbol: str, time_ms: int, price: Decimal | None = None, *,
+        as_of: int | None = None,
+    ) -> ClosedTrade | None:  # fmt: skip
         """The exchange shows no position but a lot is open: we missed its closing fills.
-        The rest is closed at `price` (else the entry price), PnL estimated from it."""
+        The rest is closed at `price` (else the entry price), PnL estimated from it.
+        `as_of`: an exchange time the flat snapshot surely includes (fills up to it)."""
+        self._mark_synced(symbol, as_of)
         lot = self._lots.get(symbol)
         if lot is None:
             return None
@@ -307,11 +434,14 @@ class Ledger:
         self, symbol: str, size: Decimal, entry_price: Decimal, time_ms: int,
         price: Decimal | None = None, leverage: int | None = None,
     ) -> list[ClosedTrade]:  # fmt: skip
-        """Make the lot match the exchange's size (reconciliation found drift)."""
+        """Make the lot match the exchange's size (reconciliation found drift).  `time_ms`
+        is the snapshot's exchange time (its `updateTime`): fills up to it are included
+        and are not applied again when they arrive later (see module doc)."""
+        self._mark_synced(symbol, time_ms)
         lot = self._lots.get(symbol)
         out: list[ClosedTrade] = []
         if lot is not None and (size == 0 or (size > 0) != (lot.direction > 0)):
-            trade = self.close_external(symbol, time_ms, price)
+            trade = self.close_external(symbol, time_ms, price, as_of=time_ms)
             out += [trade] if trade is not None else []
             lot = None
         if lot is None:
@@ -326,6 +456,11 @@ class Ledger:
         return out
 
     # ---- internals ------------------------------------------------------------------
+    def _mark_synced(self, symbol: str, time_ms: int | None) -> None:
+        if time_ms is not None and time_ms > self._synced.get(symbol, -1):
+            self._synced[symbol] = time_ms
+        self._orphans.pop(symbol, None)  # the snapshot settled the symbol
+
     def _fee(self, fill: OrderUpdate) -> Decimal:
         if fill.commission_asset in ("", self.quote_asset):
             return fill.commission
@@ -345,12 +480,17 @@ class Ledger:
         self, lot: Lot, qty: Decimal, price: Decimal | None, time_ms: int
     ) -> None:
         px = price if price is not None and price > 0 else lot.entry_price
-        lot.realized += (px - lot.entry_price) * qty * lot.direction
+        realized = (px - lot.entry_price) * qty * lot.direction
+        lot.realized += realized
         lot.add_exit(qty, px, time_ms)
+        lot.est_qty += qty
+        lot.est_notional += qty * px
+        lot.est_realized += realized
         lot.estimated = True
 
     def _finish(self, lot: Lot, reason: str) -> ClosedTrade | None:
         del self._lots[lot.symbol]
+        self._closed_to[lot.symbol] = max(self._closed_to.get(lot.symbol, -1), lot.last_time)
         if not self._emitted.add(lot.trade_id):
             self.counters.duplicate_trades += 1
             return None
@@ -380,19 +520,25 @@ class Ledger:
     # ---- persistence ----------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         """Open lots as plain data, so a restarted service resumes mid-trade."""
-        return {"lots": [asdict(lot) for lot in self._lots.values()]}
+        return {"lots": [asdict(lot) for lot in self._lots.values()],
+                "synced": dict(self._synced), "closed_to": dict(self._closed_to)}  # fmt: skip
 
     def restore(self, state: dict[str, Any]) -> None:
         """Inverse of `to_state`; Decimal fields may come back as strings (JSON)."""
+        for sym, t in (state.get("synced") or {}).items():
+            self._mark_synced(str(sym), int(t))
+        for sym, t in (state.get("closed_to") or {}).items():
+            self._closed_to[str(sym)] = max(self._closed_to.get(str(sym), -1), int(t))
         for row in state.get("lots", []):
             data = dict(row)
             for name in _DECIMAL_FIELDS:
-                data[name] = Decimal(str(data[name]))
+                if name in data:  # est_* are absent from older states
+                    data[name] = Decimal(str(data[name]))
             lot = Lot(**data)
             self._lots[lot.symbol] = lot
 
 
 _DECIMAL_FIELDS = (
     "qty", "entry_qty", "entry_notional", "exit_qty", "exit_notional", "realized", "fees",
-    "funding",
+    "funding", "est_qty", "est_notional", "est_realized",
 )  # fmt: skip

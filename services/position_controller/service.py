@@ -55,7 +55,7 @@ from services.position_controller.persistence import (
     load_state,
 )
 from services.position_controller.reconcile import PositionDiff, reconcile
-from services.position_controller.sources import DecisionBook, Sources
+from services.position_controller.sources import DecisionBook, GapWatch, Sources
 from shared.binance.breaker import BreakerState
 from shared.binance.client import BinanceClient
 from shared.bus import Consumer
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 _WARMUP_MAX = 50_000
 _COUNTERS = ("events_in", "events_ignored", "prices_in", "klines_in", "klines_old", "sweeps",
              "sweep_errors", "rest_fallbacks", "rest_errors", "bad_messages", "stale_events",
-             "decision_hits", "decision_misses", "lots_rebuilt")  # fmt: skip
+             "decision_hits", "decision_misses", "lots_rebuilt", "gap_replays")  # fmt: skip
 
 
 class PositionControllerService(Service):
@@ -96,6 +96,7 @@ class PositionControllerService(Service):
         self.feed_alive = False
         self.sources: Sources = None  # type: ignore[assignment]
         self.decisions: DecisionBook = None  # type: ignore[assignment]
+        self.gaps: GapWatch = None  # type: ignore[assignment]
         self._event_times: dict[str, int] = {}
         self._kline_last: dict[str, int] = {}
         self._leverage: dict[str, int] = {}
@@ -108,6 +109,7 @@ class PositionControllerService(Service):
         self.outbox = Outbox(self.redis, self.keys, self.bus.maxlen)
         self.sources = Sources(self.redis, self.keys, self.client, self.c)
         self.decisions = DecisionBook(self.redis, self.keys, self.c)
+        self.gaps = GapWatch(s.exchange.symbols)
         self.core = PositionControllerCore(s, {}, decision_lookup=self.decisions.get)
         await self._load_filters()
         self.account_in = self.consumer(self.keys.stream_account, block_ms=1000, start_id="$")
@@ -298,7 +300,7 @@ class PositionControllerService(Service):
         algos = await self.sources.algo_orders() if held else []  # weight 40: only if needed
         if not self.core.filters:
             await self._load_filters()
-        self.feed_alive = await self.sources.feed_alive()
+        self.feed_alive = await self.sources.feed_alive()  # before _replay_gaps
         rows = snapshot.positions if snapshot is not None else None
         liq = snapshot.liquidation if snapshot is not None else None
         if snapshot is not None:
@@ -306,9 +308,10 @@ class PositionControllerService(Service):
             if not self.feed_alive:  # the cache is stale: REST rows are the positions
                 self.c["rest_fallbacks"] += 1
             self._reconcile_cache(await self.sources.cache(), snapshot.positions, now)
+        replayed = await self._replay_gaps(now, rows)
         for lot in list(self.core.ledger.lots.values()):
             await self._ensure_decision(lot.entry_client_id)
-        actions = self.core.sweep(now, rows, algos, liq)
+        actions = replayed + self.core.sweep(now, rows, algos, liq)
         if rows is not None and self.core.last_reconcile is not None:
             self._note_repairs(self.core.last_reconcile.diffs, now)
         await self._execute(actions, now)
@@ -319,6 +322,23 @@ class PositionControllerService(Service):
             await self.outbox.flush()
         except (RedisError, OSError):
             pass  # kept in the outbox; its own loop retries
+        return actions
+
+    async def _replay_gaps(self, now: int, rows: list[Position] | None) -> list[Action]:
+        """Fills the user data stream may have lost (account_feed down, or an orphan
+        closing fill) fetched over REST and applied before reconciling, so a round trip
+        inside the gap is recorded with its real fills (once: trade ids and the
+        `trades:recorded` guard), not estimated or dropped.  See `GapWatch`."""
+        ledger = self.core.ledger
+        held = set(ledger.lots) | {p.symbol for p in rows or () if p.size != 0}
+        actions: list[Action] = []
+        for symbol, start in self.gaps.targets(now, self.feed_alive, held,
+                                                ledger.replay_needed).items():  # fmt: skip
+            fills = await self.sources.gap_fills(symbol, start, ledger)
+            if fills is None:
+                continue  # REST failed: the orphan stays in `replay_needed` for next sweep
+            self.c["gap_replays"] += 1
+            actions += self.core.replay(symbol, fills, now)
         return actions
 
     def _reconcile_cache(self, cache: dict[str, Position] | None, rows: list[Position],

@@ -25,6 +25,7 @@ from services.position_controller.inputs import (
     fills_since_open,
     parse_account_event,
     position_rows,
+    user_trade_fill,
 )
 from services.position_controller.ledger import Ledger
 from shared.binance.client import BinanceClient
@@ -155,6 +156,37 @@ class Sources:
                 out.append(event)
         return out
 
+    async def gap_fills(
+        self, symbol: str, start_ms: int | None, ledger: Ledger
+    ) -> list[OrderUpdate] | None:
+        """The symbol's fills since `start_ms` from REST userTrades (weight 5), those the
+        ledger has not applied yet each completed by its order (`GET /fapi/v1/order`,
+        weight 1, once per order: client id, type, reduce-only) - None when the REST call
+        failed.  Rows before `start_ms` are dropped here too (a server may ignore it)."""
+        rows = await self.rest(self.client.user_trades(symbol, start_time=start_ms, limit=1000))
+        if rows is None:
+            return None
+        if not isinstance(rows, list):
+            self.c["bad_messages"] += 1
+            return None
+        orders: dict[int, dict[str, Any]] = {}
+        out = []
+        for row in rows:
+            try:
+                bare = user_trade_fill(row)
+            except MessageError:
+                self.c["bad_messages"] += 1
+                continue
+            if bare.symbol != symbol or (start_ms is not None and bare.trade_time < start_ms):
+                continue
+            if ledger.has_seen(bare):
+                continue
+            if bare.order_id not in orders:
+                found = await self.rest(self.client.query_order(symbol, order_id=bare.order_id))
+                orders[bare.order_id] = found if isinstance(found, dict) else {}
+            out.append(user_trade_fill(row, orders[bare.order_id]))
+        return out
+
     async def feed_alive(self) -> bool:
         """Is account_feed's heartbeat there and `ok` (so its cache is current)?"""
         try:
@@ -204,6 +236,44 @@ class Sources:
         except MessageError:
             self.c["bad_messages"] += 1
             return None
+
+
+class GapWatch:
+    """Which symbols' fills to fetch over REST because the user data stream may have lost
+    some, and from when.  Pure (times are the exchange's, passed in).
+
+    While account_feed is down: the symbols we hold (a lot or a snapshot position), each
+    sweep, from the last sweep that saw it alive.  When it is back: every configured
+    symbol once (a round trip may have opened and closed inside the gap).  Any time: the
+    symbols with an orphan closing fill (the ledger's `replay_needed`)."""
+
+    ORPHAN_LOOKBACK_MS = 6 * 3_600_000  # how far back an orphan's opening is looked for
+
+    def __init__(self, symbols: Iterable[str]) -> None:
+        self.symbols = list(symbols)
+        self.alive_ms: int | None = None  # the last sweep that saw account_feed alive
+        self.gap_start: int | None = None  # set while down (None: start unknown)
+        self.down = False
+
+    def targets(
+        self, now_ms: int, feed_alive: bool, held: Iterable[str], orphans: dict[str, int]
+    ) -> dict[str, int | None]:
+        """symbol -> start time (None: the exchange's default window) to fetch now."""
+        out: dict[str, int | None] = {
+            s: max(t - self.ORPHAN_LOOKBACK_MS, self.gap_start or 0) for s, t in orphans.items()
+        }
+        if not feed_alive:
+            if not self.down:
+                self.down, self.gap_start = True, self.alive_ms
+            for s in held:
+                out.setdefault(s, self.gap_start)
+            return out
+        if self.down:
+            for s in self.symbols:
+                out.setdefault(s, self.gap_start)
+            self.down, self.gap_start = False, None
+        self.alive_ms = now_ms
+        return out
 
 
 class DecisionBook:

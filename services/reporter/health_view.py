@@ -11,7 +11,7 @@ reports `status=down` itself.  Expected services that never wrote a heartbeat ar
 listed as down too, so a service that never started is not invisible.
 
 Stat names read from the feeds (flattened, dotted; `_total` suffixes are ignored):
-- kline_feed:   `connected`, `symbols`, `last_update` (ms), `connections.<id>.<field>`
+- kline_feed:   `connected`, `symbols`, `last_update_ms` (ms; `last_update` is ISO), `connections.<id>.<field>`
 - account_feed: `connected`, `listen_key_valid`, `last_renewal`, `next_renewal` (ms)
 - any service:  `...reconnects`, `...activations.<reason>` (REST fallback by reason),
   `...renewals_ok` / `...renewals_failed` (listenKey keepalive), `...bad_messages`.
@@ -154,7 +154,7 @@ def seed_feed_block(services: Iterable[ServiceHealth]) -> dict[str, dict[str, An
             s.status != "down" and _bool(s.stats.get("connected")) is not False for s in group
         )
 
-    last = [_num(s.stats.get("last_update")) or s.last_event_time or 0 for s in kl]
+    last = [_num(s.stats.get("last_update_ms") or s.stats.get("last_update")) or s.last_event_time or 0 for s in kl]
     return {
         "kline_feed": {
             "connected": connected(kl),

@@ -13,6 +13,11 @@ the cache, wallet + unrealized PnL - the initial margin of the open positions (l
 unknown counts as 1x: conservative, a smaller entry rather than a -2019 rejection).
 When neither source answers, `AccountUnavailable` is raised; the service then decides the
 minute as halted (no entries, and the reason is visible on slt:stream:signals).
+
+For the trader's entry holds (holds.py) a snapshot also says what it can prove: from the
+cache, the event times of the watched symbols' position slots (read in the same script
+call); from REST, when the read STARTED (a read begun before `invalidate()` is returned
+to its caller but never reused: it may predate our order).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -52,6 +57,10 @@ class AccountSnapshot:
     positions: dict[str, Position]  # open ones only (size != 0)
     halted: bool
     source: str  # cache | rest | rest_cached
+    # cache: event time of each watched symbol's position slot (`Keys.position_slot`)
+    slot_times: dict[str, int] = field(default_factory=dict)
+    # rest / rest_cached: the view's clock when the REST read STARTED (what it can prove)
+    rest_started: float | None = None
 
 
 def _dec(value: Any) -> Decimal:
@@ -97,26 +106,32 @@ class AccountView:
         self.symbols = list(symbols)
         self.asset, self.rest_ttl_s, self._clock = asset, rest_ttl_s, clock
         self._rest: tuple[float, Decimal, Decimal, dict[str, Position]] | None = None
+        self._generation = 0  # bumped by invalidate(): a read begun before is not reused
         self.counters = dict.fromkeys(
             ("cache_reads", "rest_reads", "rest_reused", "rest_errors", "bad_hashes"), 0
         )
 
     def invalidate(self) -> None:
-        """Our own order changed the account: the next REST snapshot must be fresh."""
+        """Our own order changed the account: the next REST snapshot must be fresh (and
+        one in flight right now must not be kept: it may predate the order)."""
         self._rest = None
+        self._generation += 1
 
-    async def snapshot(self) -> AccountSnapshot:
+    async def snapshot(self, watch: Sequence[str] = ()) -> AccountSnapshot:
+        """`watch`: symbols whose position-slot event times are wanted (entry holds)."""
         try:
-            halted, status, balance, hashes = await self.io.read_account(self.asset, self.symbols)
+            halted, status, balance, hashes, slots = await self.io.read_account(
+                self.asset, self.symbols, watch
+            )
         except (RedisError, OSError) as exc:
             raise AccountUnavailable(f"redis: {exc!r}") from None
         if status == b"ok" and balance:
             cached = self._from_cache(balance, hashes)
             if cached is not None:
                 self.counters["cache_reads"] += 1
-                return AccountSnapshot(*cached, halted, "cache")
-        equity, available, positions, source = await self._from_rest()
-        return AccountSnapshot(equity, available, positions, halted, source)
+                return AccountSnapshot(*cached, halted, "cache", slots)
+        equity, available, positions, source, started = await self._from_rest()
+        return AccountSnapshot(equity, available, positions, halted, source, {}, started)
 
     def _from_cache(
         self, balance_hash: dict[Any, Any], position_hashes: list[dict[Any, Any]]
@@ -140,11 +155,12 @@ class AccountView:
         equity, available = from_cache(balance, list(positions.values()))
         return equity, available, positions
 
-    async def _from_rest(self) -> tuple[Decimal, Decimal, dict[str, Position], str]:
-        now = self._clock()
+    async def _from_rest(self) -> tuple[Decimal, Decimal, dict[str, Position], str, float]:
+        now, generation = self._clock(), self._generation
         if self._rest is not None and now - self._rest[0] < self.rest_ttl_s:
             self.counters["rest_reused"] += 1
-            return self._rest[1], self._rest[2], dict(self._rest[3]), "rest_cached"
+            t, equity, available, positions = self._rest
+            return equity, available, dict(positions), "rest_cached", t
         try:  # transient answers (5xx, busy) are retried briefly: reads are safe to repeat
             balance = await retry_async(self.client.balance, attempts=3, base_delay=0.05)
             equity, available = from_rest(balance, self.asset)
@@ -158,5 +174,6 @@ class AccountView:
             self.counters["rest_errors"] += 1
             raise AccountUnavailable(f"rest: {exc}") from None
         self.counters["rest_reads"] += 1
-        self._rest = (now, equity, available, positions)
-        return equity, available, dict(positions), "rest"
+        if generation == self._generation:
+            self._rest = (now, equity, available, positions)
+        return equity, available, dict(positions), "rest", now

@@ -8,6 +8,9 @@ Sending is where money is at stake, so every "what if" lives here:
    Keys.orders_sent` before it is sent.  A replayed kline, a second replica or a restart
    finds it claimed and sends nothing (`duplicate`).  Without Redis nothing is sent.
 3. The halt switch is read again just before the entry (the decision may be seconds old).
+   For a symbol the trader entered recently (`confirm_flat`, see holds.py) REST
+   positionRisk must show it flat first, or nothing is sent (`in_position`, or `failed`
+   when REST does not answer): one position per symbol, whatever the cache says.
 4. Leverage is set (POST /fapi/v1/leverage) when it differs from what we know.
 5. Entry: MARKET (or LIMIT) with `newOrderRespType=RESULT`.  A 5xx, timeout or busy answer
    leaves the outcome UNKNOWN (Binance: "could have been a success"), so the order is
@@ -62,6 +65,7 @@ class Outcome(StrEnum):
     UNPROTECTED = "unprotected"  # filled, neither protected nor closed (critical)
     NOT_FILLED = "not_filled"  # accepted, nothing filled (LIMIT timed out)
     DUPLICATE = "duplicate"  # already claimed: sent before, not sent again
+    IN_POSITION = "in_position"  # REST shows a position on the symbol: not sent
     HALTED = "halted"  # the halt switch was set before sending
     STALE = "stale"  # waited too long in the queue
     REJECTED = "rejected"  # the exchange refused the entry (or the leverage)
@@ -76,6 +80,7 @@ class ExecutionReport:
     outcome: Outcome
     filled_qty: Decimal = ZERO
     detail: str = ""
+    fill_time: int | None = None  # exchange time of the entry's final state (updateTime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +111,16 @@ class EntryExecutor:
                               base_delay=opt.base_delay, max_delay=opt.max_delay, sleep=sleep)  # fmt: skip
         self.leverage: dict[str, int] = {}  # what the exchange has, as far as we know
         self.outcomes = {o.value: 0 for o in Outcome}
-        self.counters = dict.fromkeys(("entries_sent", "leverage_changes", "closes_sent"), 0)
+        self.counters = dict.fromkeys(
+            ("entries_sent", "leverage_changes", "closes_sent", "flat_checks"), 0
+        )
 
     # ---- the flow ------------------------------------------------------------------------
-    async def execute(self, d: Decision, queued_at: float | None = None) -> ExecutionReport:
+    async def execute(
+        self, d: Decision, queued_at: float | None = None, *, confirm_flat: bool = False
+    ) -> ExecutionReport:
+        """`confirm_flat`: ask REST positionRisk for the symbol first and send nothing
+        unless it is flat (the service sets it for symbols it entered recently)."""
         entry, stop, take = d.intents
         cid = entry.client_order_id
         if queued_at is not None and time.monotonic() - queued_at > self.opt.max_queue_delay_s:
@@ -119,6 +130,12 @@ class EntryExecutor:
         try:
             if await self.redis.exists(self.keys.halt):
                 return self._done(d, Outcome.HALTED, detail="halt switch set before sending")
+        except (RedisError, OSError) as exc:  # no claim, no order
+            return self._done(d, Outcome.FAILED, detail=f"redis: {exc!r}")
+        if confirm_flat and (held := await self._position_open(entry.symbol)) is not None:
+            return self._done(d, Outcome.IN_POSITION if held else Outcome.FAILED,
+                              detail=held or "position not confirmed flat over REST")  # fmt: skip
+        try:
             await self.redis.set(self.keys.decision(cid), d.record.to_json(), nx=True,
                                  ex=self.opt.record_ttl_s)  # fmt: skip
             if not await self.redis.sadd(self.keys.orders_sent, cid):
@@ -134,19 +151,35 @@ class EntryExecutor:
         filled = Decimal(str(result.get("executedQty", "0")))
         if filled <= 0:
             return self._done(d, Outcome.NOT_FILLED, detail=str(result.get("status")))
+        fill_time = _int_or_none(result.get("updateTime"))
         outcome, detail = await self._protect_or_close(d, entry, (stop, take), filled)
-        return self._done(d, outcome, filled, detail)
+        return self._done(d, outcome, filled, detail, fill_time)
+
+    async def _position_open(self, symbol: str) -> str | None:
+        """None when REST says flat; else why not to enter ("" = REST did not answer)."""
+        self.counters["flat_checks"] += 1
+        try:
+            rows = await self.tx.retry(lambda: self.client.position_risk(symbol),
+                                       time.monotonic() + self.opt.entry_deadline_s)  # fmt: skip
+            amounts = [Decimal(str(r["positionAmt"])) for r in rows
+                       if r.get("symbol") == symbol]  # fmt: skip
+        except (ExchangeError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+            log.warning("positionRisk %s failed before an entry: %r", symbol, exc)
+            return ""
+        open_ = [a for a in amounts if a != 0]
+        return f"positionRisk shows {open_[0]} {symbol}" if open_ else None
 
     def _done(
-        self, d: Decision, outcome: Outcome, filled: Decimal = ZERO, detail: str = ""
-    ) -> ExecutionReport:
+        self, d: Decision, outcome: Outcome, filled: Decimal = ZERO, detail: str = "",
+        fill_time: int | None = None,
+    ) -> ExecutionReport:  # fmt: skip
         self.outcomes[outcome.value] += 1
         cid = d.intents[0].client_order_id
         level = logging.CRITICAL if outcome in (Outcome.UNPROTECTED, Outcome.UNKNOWN) else (
             logging.WARNING if outcome in (Outcome.REJECTED, Outcome.FAILED, Outcome.CLOSED)
             else logging.INFO)  # fmt: skip
         log.log(level, "entry %s %s: %s %s", cid, d.symbol, outcome.value, detail)
-        return ExecutionReport(cid, d.symbol, outcome, filled, detail)
+        return ExecutionReport(cid, d.symbol, outcome, filled, detail, fill_time)
 
     async def _ensure_leverage(self, entry: OrderIntent) -> bool:
         lev = entry.leverage
@@ -303,3 +336,10 @@ class EntryExecutor:
             **self.tx.stats(),
             "outcomes": {f"{k}_total": v for k, v in self.outcomes.items()},
         }
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

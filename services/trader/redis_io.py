@@ -5,8 +5,9 @@ decisions to XADD.  As pipelines, redis-py packs every command in Python (~20-40
 more on a busy 2-core machine), which alone ate most of the 50 ms budget in the benchmark;
 as one EVALSHA with the keys (read) or one msgpack blob (write) the loop runs inside Redis.
 
-- `read_account`: EXISTS halt, HGET account_feed's heartbeat status, HGETALL balance, then
-  HGETALL of every position hash - returned as flat field/value lists.
+- `read_account`: EXISTS halt, HGET account_feed's heartbeat status, HMGET the event times
+  of the position slots the trader holds, HGETALL balance, then HGETALL of every position
+  hash - returned as flat field/value lists.
 - `publish_decisions`: XADD (MAXLEN ~) each entry's fields in order, then SET the decided
   minute, atomically: a minute is never marked decided without its decisions, or published
   without being marked.
@@ -21,10 +22,16 @@ import msgpack
 
 from shared.keys import Keys
 
-# KEYS[1] halt, KEYS[2] health hash, KEYS[3] balance hash, KEYS[4..] position hashes.
+# KEYS[1] halt, KEYS[2] health hash, KEYS[3] account event-time hash, KEYS[4] balance hash,
+# KEYS[5..] position hashes; ARGV: event-time fields to read (symbols the trader holds).
 READ_ACCOUNT_LUA = """
-local out = {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], 'status') or ''}
-for i = 3, #KEYS do
+local slots = {}
+if #ARGV > 0 then
+  local got = redis.call('HMGET', KEYS[3], unpack(ARGV))
+  for i = 1, #ARGV do slots[i] = got[i] or '' end
+end
+local out = {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], 'status') or '', slots}
+for i = 4, #KEYS do
   out[#out + 1] = redis.call('HGETALL', KEYS[i])
 end
 return out
@@ -53,14 +60,22 @@ class TraderRedis:
         self._publish = redis.register_script(PUBLISH_LUA)
 
     async def read_account(
-        self, asset: str, symbols: Sequence[str]
-    ) -> tuple[bool, bytes, dict[bytes, bytes], list[dict[bytes, bytes]]]:
-        """(halted, account_feed status, balance hash, position hashes in symbol order)."""
+        self, asset: str, symbols: Sequence[str], watch: Sequence[str] = ()
+    ) -> tuple[bool, bytes, dict[bytes, bytes], list[dict[bytes, bytes]], dict[str, int]]:
+        """(halted, account_feed status, balance hash, position hashes in symbol order,
+        event time of each `watch` symbol's position slot that has one) - one snapshot."""
         k = self.keys
-        keys = [k.halt, k.health("account_feed"), k.balance(asset), *map(k.position, symbols)]
-        raw = await self._read(keys=keys)
+        keys = [k.halt, k.health("account_feed"), k.account_state, k.balance(asset),
+                *map(k.position, symbols)]  # fmt: skip
+        raw = await self._read(keys=keys, args=[k.position_slot(s) for s in watch])
         status = raw[1] if isinstance(raw[1], bytes) else str(raw[1]).encode()
-        return bool(raw[0]), status, _pairs(raw[2]), [_pairs(h) for h in raw[3:]]
+        slots: dict[str, int] = {}
+        for symbol, value in zip(watch, raw[2], strict=False):
+            try:
+                slots[symbol] = int(value)
+            except (TypeError, ValueError):
+                continue  # no slot (never traded) or damaged: confirms nothing
+        return bool(raw[0]), status, _pairs(raw[3]), [_pairs(h) for h in raw[4:]], slots
 
     async def publish_decisions(
         self, entries: Sequence[Mapping[str, Any]], minute: int, maxlen: int

@@ -19,7 +19,10 @@ Outputs
   restart is not decided again).
 - Taken decisions go to one execution worker (`execution.EntryExecutor`: leverage, entry,
   protective algo orders or a close, every request on `Keys.stream_orders`).  Entries
-  queued or in flight count as open positions in the next decision.
+  queued or in flight count as open positions in the next decision, and so does a
+  symbol entered until the account cache or REST confirms that entry (`hold_keeper`,
+  persisted in `Keys.trader_entries`); a symbol entered recently is only entered again
+  after REST positionRisk shows it flat (`EntryExecutor.execute(confirm_flat=True)`).
 
 Start-up: exchange filters, consumer groups (before the history, so nothing falls in
 between), history over REST (`trading.history_bars` per symbol warm the contexts, so the
@@ -41,7 +44,8 @@ from redis.exceptions import RedisError
 
 from services.trader.account_view import AccountUnavailable, AccountView
 from services.trader.core import Decision, TraderCore
-from services.trader.execution import EntryExecutor, ExecutionOptions
+from services.trader.execution import EntryExecutor, ExecutionOptions, ExecutionReport
+from services.trader.hold_keeper import HoldKeeper
 from services.trader.labels import Bars
 from services.trader.learner import Learner, ModelStore
 from services.trader.minute_gate import MinuteGate
@@ -123,6 +127,7 @@ class TraderService(Service):
         self.account: AccountView = None  # type: ignore[assignment]
         self.io: TraderRedis = None  # type: ignore[assignment]
         self.executor: EntryExecutor = None  # type: ignore[assignment]
+        self.holds: HoldKeeper = None  # type: ignore[assignment]
         self.klines_in: Consumer = None  # type: ignore[assignment]
         self.trades_in: Consumer = None  # type: ignore[assignment]
         self.symbols: frozenset[str] = frozenset()
@@ -158,6 +163,8 @@ class TraderService(Service):
         await self.models.restore_trades()
         self.io = TraderRedis(self.redis, self.keys)
         self.account = AccountView(self.redis, self.keys, self.client, sorted(self.symbols))
+        self.holds = HoldKeeper(self.redis, self.keys, self.client)
+        await self.holds.load()
         self.executor = EntryExecutor(
             self.client, self.redis, self.keys, orders_maxlen=self.bus.maxlen(
                 self.keys.stream_orders), options=self._exec_options or self._default_exec(),
@@ -321,14 +328,16 @@ class TraderService(Service):
         """(equity, available, open positions incl. entries queued or in flight); when
         the account cannot be read the minute is decided as halted (fail safe, visible)."""
         try:
-            snap = await self.account.snapshot()
+            snap = await self.account.snapshot(self.holds.watch())
         except AccountUnavailable as exc:
             self.c["account_unavailable"] += 1
             log.warning("%s; minute %d decided as halted", exc, minute)
             self.halted = True
-            return 0, 0, dict(self._inflight)
+            return 0, 0, {**self.holds.held(), **self._inflight}
         self.halted = snap.halted
-        return snap.equity, snap.available, {**self._inflight, **snap.positions}
+        await self.holds.settle(snap)
+        return snap.equity, snap.available, {**self.holds.held(), **self._inflight,
+                                             **snap.positions}  # fmt: skip
 
     async def _publish(self, minute: int, decisions: list[Decision]) -> bool:
         """Every decision to `Keys.stream_signals` + the decided minute, one round trip."""
@@ -358,15 +367,25 @@ class TraderService(Service):
                 get.cancel()
                 break
             decision, queued_at = get.result()
+            symbol, report = decision.symbol, None
             try:
-                report = await self.executor.execute(decision, queued_at)
+                report = await self.executor.execute(
+                    decision, queued_at, confirm_flat=self.holds.recently_entered(symbol)
+                )
                 self.executions.append(report)
                 del self.executions[:-100]
-            finally:
-                self._inflight.pop(decision.symbol, None)
-                self.account.invalidate()
+            finally:  # held BEFORE it stops being in flight: no gap for a second entry
+                await self._after_entry(symbol, report)
         if not self._queue.empty():
             log.warning("stopping with %d queued entries not sent", self._queue.qsize())
+
+    async def _after_entry(self, symbol: str, report: ExecutionReport | None) -> None:
+        """The symbol stays held (holds.py) until the account confirms the entry."""
+        try:
+            await self.holds.after_entry(symbol, report, self._inflight.get(symbol, 0.0))
+        finally:
+            self._inflight.pop(symbol, None)
+            self.account.invalidate()
 
     # ---- trades ----------------------------------------------------------------------
     async def _on_trade(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
@@ -404,5 +423,6 @@ class TraderService(Service):
             "model": dict(model),
             "execution": self.executor.stats() if self.executor else {},
             "account": self.account.counters if self.account else {},
+            "holds": self.holds.stats() if self.holds else {},
             "rest": self.client.stats() if self.client else {},
         }  # fmt: skip

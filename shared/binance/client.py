@@ -385,6 +385,18 @@ class BinanceClient:
         return await self._request("GET", "/fapi/v3/positionRisk", {"symbol": symbol},
                                    weight=5, signed=True)  # fmt: skip
 
+    async def user_trades(
+        self, symbol: str, start_time: int | None = None, end_time: int | None = None,
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """`GET /fapi/v1/userTrades` (weight 5): the account's fills of one symbol, oldest
+        first, to replay a gap in the user data stream.  Binance: with neither time given,
+        the last 7 days; start..end at most 7 days apart; `limit` 1..1000 (default 500)."""
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be 1..1000, got {limit!r}")
+        params = {"symbol": symbol, "startTime": start_time, "endTime": end_time, "limit": limit}
+        return await self._request("GET", "/fapi/v1/userTrades", params, weight=5, signed=True)
+
     async def balance(self) -> list[dict[str, Any]]:
         return await self._request("GET", "/fapi/v3/balance", weight=5, signed=True)
 

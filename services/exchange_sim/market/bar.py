@@ -8,10 +8,12 @@ the exact Decimal an order needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
 
 from ..specs import SymbolSpec
 
@@ -171,15 +173,114 @@ def bar_updates(bar: Bar, n: int, tick: float | None = None) -> list[BarUpdate]:
 
 def _path_price(waypoints: list[float], k: int, n: int) -> float:
     """Price at step k of n on the piecewise-linear path through the four waypoints."""
-    if n < 3:
+    seg, t = _path_step(k, n)
+    if seg < 0:
         return waypoints[0] if k == 0 else waypoints[3]
+    return waypoints[seg] + (waypoints[seg + 1] - waypoints[seg]) * t
+
+
+def _path_step(k: int, n: int) -> tuple[int, float]:
+    """(segment, fraction along it) of step k of n; segment -1 means "no path" (n < 3).
+
+    Depends on (k, n) only, which is what lets `bar_updates_many` share it across bars."""
+    if n < 3:
+        return -1, 0.0
     marks = [0, max(1, round(n / 3)), max(2, round(2 * n / 3)), n]
     for seg in range(3):
         a, b = marks[seg], marks[seg + 1]
         if k <= b:
-            t = (k - a) / (b - a) if b > a else 1.0
-            return waypoints[seg] + (waypoints[seg + 1] - waypoints[seg]) * t
-    return waypoints[3]
+            return seg, (k - a) / (b - a) if b > a else 1.0
+    return 2, 1.0  # pragma: no cover - k < n <= marks[3]
+
+
+class UpdatePaths(NamedTuple):
+    """`bar_updates` of many bars at once: 2-D arrays, one row per bar, n + 1 columns.
+
+    `[field][r, k]` equals `bar_updates(bars[r], n)[k].field` bit for bit."""
+
+    offset_ms: np.ndarray  # int64
+    price: np.ndarray
+    cum_volume: np.ndarray
+    cum_quote: np.ndarray
+    cum_trades: np.ndarray  # int64
+    high: np.ndarray
+    low: np.ndarray
+
+
+def bar_updates_many(bars: Sequence[Bar], n: int, tick: float | None = None) -> UpdatePaths:
+    """`bar_updates` for every bar of a minute in one numpy pass (the simulator's hot path).
+
+    WHY exact and not just close: the WebSocket bytes must not depend on which of the two
+    functions built them. The path arithmetic is the same IEEE operations in the same order;
+    Python's `round(x, nd)` is reproduced by `round_like_python`.
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    m = len(bars)
+    f = np.array(
+        [(b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trades) for b in bars],
+        dtype=np.float64,
+    ).reshape(m, 7)
+    ints = np.array(
+        [(b.close_time - b.open_time, b.price_precision, b.qty_precision) for b in bars],
+        dtype=np.int64,
+    ).reshape(m, 3)
+    span, pp, qp = ints[:, 0:1], ints[:, 1:2], ints[:, 2:3]
+    o, hi_, lo_, c, vol, quote, trades = (f[:, j : j + 1] for j in range(7))
+    up = c >= o
+    way = np.hstack([o, np.where(up, lo_, hi_), np.where(up, hi_, lo_), c])  # (m, 4)
+    steps = [_path_step(k, n) for k in range(n)]
+    if n < 3:  # no path: the open, then the close
+        raw = np.empty((m, n))
+        raw[:, :1], raw[:, 1:] = way[:, :1], way[:, 3:]
+    else:
+        seg = np.array([s for s, _ in steps], dtype=np.int64)
+        t = np.array([t for _, t in steps], dtype=np.float64)
+        wa, wb = way[:, seg], way[:, seg + 1]
+        raw = wa + (wb - wa) * t
+    if tick:
+        price = round_like_python(np.rint(raw / tick) * tick, pp)
+    else:
+        price = round_like_python(raw, pp)
+    running = np.maximum.accumulate(np.hstack([o, price]), axis=1)[:, 1:]
+    falling = np.minimum.accumulate(np.hstack([o, price]), axis=1)[:, 1:]
+    frac = np.array([k / n for k in range(n)], dtype=np.float64)
+    ks = np.arange(n, dtype=np.int64)
+    return UpdatePaths(
+        offset_ms=np.hstack([span * ks // n, span]) if n else span.copy(),
+        price=np.hstack([price, c]),
+        cum_volume=np.hstack([round_like_python(vol * frac, qp), vol]),
+        cum_quote=np.hstack([round_like_python(quote * frac, pp + qp), quote]),
+        cum_trades=np.hstack([np.trunc(trades * frac), trades]).astype(np.int64),
+        high=np.hstack([running, hi_]),
+        low=np.hstack([falling, lo_]),
+    )
+
+
+_POW10 = np.array([float(10**k) for k in range(23)])  # exact doubles
+
+
+def round_like_python(x: np.ndarray, ndigits: np.ndarray | int) -> np.ndarray:
+    """Elementwise `round(x, ndigits)` exactly as Python rounds floats (0 <= ndigits <= 22).
+
+    Python rounds the exact binary value to `ndigits` decimals (half to even) and returns
+    the double nearest that decimal. `rint(x * 10**nd) / 10**nd` gives the same double
+    unless the product's own rounding moved it across a half: those few elements (within
+    a few ulps of a half, or too large for the test) are redone by Python's `round`.
+    """
+    nd = np.broadcast_to(np.asarray(ndigits, dtype=np.int64), x.shape)
+    if nd.size and not (0 <= nd.min() and nd.max() < len(_POW10)):  # no exact scale
+        pairs = zip(np.ravel(x).tolist(), nd.flat, strict=True)
+        return np.array([round(a, int(d)) for a, d in pairs]).reshape(x.shape)
+    scale = _POW10[nd]
+    y = x * scale
+    out = np.rint(y) / scale
+    dist = np.abs(np.abs(y - np.trunc(y)) - 0.5)
+    risky = (dist <= 8 * np.spacing(np.abs(y))) | ~(np.abs(y) < 2.0**50)
+    if risky.any():
+        for idx in zip(*np.nonzero(risky), strict=True):
+            out[idx] = round(float(x[idx]), int(nd[idx]))
+    return out
 
 
 @runtime_checkable
