@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -449,20 +449,35 @@ def run_service(service: Service, settings: Settings, **kwargs: Any) -> int:
 
 
 def service_main(
-    factory: Callable[[Settings], Service], argv: list[str] | None = None, **kwargs: Any
+    factory: Callable[[Settings], Service],
+    argv: Sequence[str] | None = None,
+    *,
+    name: str,
+    description: str = "",
+    before_run: Callable[[], None] | None = None,
+    **kwargs: Any,
 ) -> int:
-    """`python -m services.<name> [--check] [--port N]`; 2 on a config error.
-    `kwargs` go to `serve()` (drain_timeout, connect_attempts, connect_delay)."""
-    parser = argparse.ArgumentParser()
+    """The one `python -m services.<name> [--check] [--port N]` entry point.
+
+    Exit status: 0 clean stop / healthy (and `--help`), 1 runtime failure / unhealthy,
+    2 a bad configuration (one line naming the field) or a usage error.  `before_run`
+    runs just before the service (e.g. gc.freeze); `kwargs` go to `serve()`.
+    """
+    parser = argparse.ArgumentParser(prog=name, description=description or None)
     parser.add_argument("--check", action="store_true", help="exit 0 if healthy (Docker)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (0 = any free)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help (0) or a usage error (2): a status, not an exit
+        return int(exc.code or 0)
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    service = factory(settings)
     if args.check:
-        return check_health(settings, service.name)
+        return check_health(settings, name)
+    service = factory(settings)
+    if before_run is not None:
+        before_run()
     return run_service(service, settings, port=args.port, **kwargs)

@@ -70,6 +70,7 @@ if __name__ == "__main__":
     raise SystemExit(
         service_main(
             ToyService,
+            name=ToyService.name,
             connect_attempts=int(os.environ.get("TOY_CONNECT_ATTEMPTS", "8")),
             connect_delay=0.05,
         )

@@ -13,10 +13,13 @@ from .service import RestFallbackService
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return service_main(RestFallbackService, list(argv) if argv is not None else None)
-    except SystemExit as exc:  # --help (0) or a usage error (2): a status, not an exit
-        return int(exc.code or 0)
+    return service_main(
+        RestFallbackService,
+        argv,
+        name=RestFallbackService.name,
+        description="Fills the kline and account caches over REST while a feed is down, "
+        "empty or stale.",
+    )
 
 
 if __name__ == "__main__":
