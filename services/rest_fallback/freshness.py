@@ -194,7 +194,8 @@ class Episodes:
 
 def balance_from_rest(row: Mapping[str, Any]) -> Balance:
     """One `/fapi/v3/balance` row as the `balance:<ASSET>` cache record (the user-data
-    stream's `bc` has no REST counterpart: 0)."""
+    stream's `bc` has no REST counterpart: 0).  `updated_at` is the row's `updateTime`,
+    0 when it has none: `Snapshot(floor=False)` then times it by the request's time."""
     if not isinstance(row, Mapping):
         raise MessageError("balance row must be a mapping", excerpt(row))
     try:

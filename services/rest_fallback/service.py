@@ -10,8 +10,14 @@ Every `service.fallback_interval` seconds, one cycle:
    other's copy is a counted duplicate; and prices from `premiumIndex` for symbols whose
    price has gone stale;
 4. account_feed down -> `positionRisk` (v3) and `balance` (v3) into the
-   `position:<SYM>` / `balance:<ASSET>` hashes (positions repaired with the position
-   controller's pure `reconcile`, so a position closed behind our back is removed).
+   `position:<SYM>` / `balance:<ASSET>` hashes through the SAME writer account_feed uses
+   (`shared.account_cache`: `snapshot_writes` + `AccountCache.apply`, one Lua call), so
+   the event-time rule holds across both writers: each row is timed by the exchange's
+   `updateTime`; a row without one (0), and the removal of a cached position the
+   exchange no longer has, by `client.server_ms()` read just BEFORE the requests (a
+   lower bound of the snapshot's time, so it never claims to be newer than it is).  A
+   row older than what account_feed stored is dropped, never written back; `leverage`
+   is not written (v3 positionRisk has none): the script keeps the leverage hash's.
 When everything is fresh a cycle does one weight-1 REST call and a few Redis reads, so it
 "stops as soon as the feeds are fresh again" by itself.  All REST goes through the shared
 `BinanceClient`: rate limits and the breaker apply, and its state is in health.
@@ -27,7 +33,7 @@ from typing import Any, ClassVar
 from redis.exceptions import RedisError
 
 from services.kline_feed.watchdog import ExchangeClock
-from services.position_controller.reconcile import reconcile
+from shared.account_cache import AccountCache, PositionWrite, Snapshot, snapshot_writes
 from shared.binance.client import BinanceClient
 from shared.binance.errors import ExchangeError
 from shared.errors import MessageError
@@ -57,7 +63,8 @@ class RestFallbackService(Service):
     name = "rest_fallback"
     counter_keys: ClassVar[frozenset[str]] = frozenset(
         {"cycles", "fills", "klines_published", "duplicates_suppressed", "prices_refreshed",
-         "positions_written", "positions_removed", "balances_written", "errors"}
+         "positions_written", "positions_removed", "balances_written", "account_stale",
+         "errors"}
     )  # fmt: skip
 
     def __init__(self, settings: Any = None, *, fill_concurrency: int = 8) -> None:
@@ -80,6 +87,7 @@ class RestFallbackService(Service):
             self.redis, self.keys, s.redis.stream_maxlen.get("klines", 500_000)
         )
         self.backfiller = Backfiller(self.client, self.publisher, self.interval)
+        self.account = AccountCache(self.redis, self.keys)
 
     async def teardown(self) -> None:
         if self.client is not None:
@@ -203,42 +211,33 @@ class RestFallbackService(Service):
             self.counters["prices_refreshed"] += len(prices)
 
     async def _refresh_account(self) -> None:
+        """account_feed is down: positions and balances over REST, applied by the
+        event-time rule (module doc, step 4).  A bad row aborts the refresh: skipping it
+        would read as "no position" and remove a cached one."""
+        client = self.client
+        assert client is not None
         try:
-            risk = await self.client.position_risk()  # type: ignore[union-attr]
-            balances = await self.client.balance()  # type: ignore[union-attr]
-            rows = [Position.from_position_risk(r) for r in risk]
-            bals = [balance_from_rest(b) for b in balances]
+            as_of = client.server_ms()  # before the requests: a lower bound
+            risk = await client.position_risk()
+            balances = await client.balance()
+            rows = tuple(Position.from_position_risk(r) for r in risk)
+            bals = tuple(balance_from_rest(b) for b in balances)
         except ERRORS as exc:
             self.counters["errors"] += 1
             log.warning("account refresh failed", extra={"error": repr(exc)})
             return
-        cached = await self._cached_positions()
-        result = reconcile(cached, rows)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for repair in result.repairs:
-                key = self.keys.position(repair.symbol)
-                if repair.position is None:
-                    pipe.delete(key)
-                    self.counters["positions_removed"] += 1
-                else:
-                    pipe.delete(key)
-                    pipe.hset(key, mapping=repair.position.to_hash())
-                    self.counters["positions_written"] += 1
-            for b in bals:
-                pipe.hset(self.keys.balance(b.asset), mapping=b.to_hash())
+        cached = set(await self.account.cached_symbols())
+        writes = snapshot_writes(Snapshot(as_of, rows, bals, floor=False), cached)
+        applied = await self.account.apply(writes)
+        for w, ok in zip(writes, applied, strict=True):
+            if not ok:
+                self.counters["account_stale"] += 1
+            elif not isinstance(w, PositionWrite):
                 self.counters["balances_written"] += 1
-            await pipe.execute()
-
-    async def _cached_positions(self) -> dict[str, Position]:
-        out: dict[str, Position] = {}
-        async for key in self.redis.scan_iter(match=self.keys.position("*"), count=200):
-            raw = await self.redis.hgetall(key)
-            try:
-                p = Position.from_hash(raw)
-            except MessageError:
-                continue  # damaged: the repair (missing in cache) rewrites it
-            out[p.symbol] = p
-        return out
+            elif w.position is not None:
+                self.counters["positions_written"] += 1
+            elif w.symbol in cached:
+                self.counters["positions_removed"] += 1
 
     # ---- health -----------------------------------------------------------------------
     def healthy(self) -> bool | str:
