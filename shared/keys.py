@@ -101,7 +101,7 @@ class Keys:
     def account_state(self) -> str:
         """Hash with last event time per symbol/asset (older events never overwrite newer).
         Fields `position:<SYM>`, `balance:<ASSET>`, `leverage:<SYM>` -> epoch ms.
-        Writer: account_feed (services/account_feed/cache.py, one Lua script)."""
+        Writers: account_feed, rest_fallback (shared/account_cache.py, one Lua script)."""
         return f"{self.prefix}account:event_time"
 
     @staticmethod
