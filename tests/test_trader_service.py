@@ -493,8 +493,9 @@ async def test_stale_position_cache_never_enters_a_symbol_twice(
             first = await enter_btc(sim, svc, redis_client, keys)
             await until(lambda: len(svc.executions) >= 1, 10)
             assert first["taken"] and svc.executions[-1].outcome == Outcome.PROTECTED
+            await until(lambda: not svc._inflight, 5)  # no longer in flight: only held
             qty = position(sim, "BTCUSDT")
-            assert qty > 0 and not svc._inflight  # no longer in flight
+            assert qty > 0 and svc.holds.watch() == ["BTCUSDT"]
             minute = first["minute_open_time"] + MIN
             second = await btc_breakout_no_move(svc, redis_client, keys, minute)
             await asyncio.sleep(0.3)  # a taken entry would be executing now
