@@ -189,6 +189,7 @@ def inproc_naive(symbols: int, minutes: int) -> tuple[float, int, str]:
     d, market, ex = sim.driver, sim.market, sim.exchange
     syms, fmts, streams = d.symbols, d.fmt, d.kline_streams
     first = list(d._next_trade_id)  # what warm-up left: the ids of the first minute
+    n = d.updates_per_minute - 1
     closing: list[tuple[Any, ...] | None] = [None] * len(syms)
     c0 = time.process_time()
     msgs = 0
@@ -203,7 +204,7 @@ def inproc_naive(symbols: int, minutes: int) -> tuple[float, int, str]:
                 first[i] = int(row[F]) + int(row[N])
         events, bars = [], [market.bar(s, market.index_at(t0)) for s in syms]
         for i, bar in enumerate(bars):
-            events += [(t0 + u.offset_ms, i, u) for u in bar_updates(bar, 9)]
+            events += [(t0 + u.offset_ms, i, u) for u in bar_updates(bar, n)]
         events.sort(key=lambda e: (e[0], e[1]))
         tv, tq = [0.0] * len(syms), [0.0] * len(syms)
         for ts, i, u in events:

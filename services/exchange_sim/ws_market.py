@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from .wsconn import ConnRegistry, WsConn, combined, frame_text
+from .wsconn import HEADERS, ConnRegistry, WsConn, combined, frame_header, frame_text
 
 RAW, COMBINED = 1, 2  # bits of `MarketHub.forms`
 _NOBODY: frozenset[WsConn] = frozenset()
@@ -167,15 +167,16 @@ class MarketHub:
         if self.stalled_streams:
             events = [ev for ev in events if not self._stalled(ev[0])]
         dirty, raw_subs, comb_subs = self.registry.dirty, self.raw_subs, self.comb_subs
+        header = HEADERS.get
         for stream, raw, wrapped in events:
             if raw is not None:
-                frame = frame_text(raw)
+                frame = (header(len(raw)) or frame_header(len(raw))) + raw
                 subs = raw_subs.get(stream, _NOBODY)
                 for conn in subs:
                     conn.pending.append(frame)
                 dirty.update(subs)
             if wrapped is not None:
-                frame = frame_text(wrapped)
+                frame = (header(len(wrapped)) or frame_header(len(wrapped))) + wrapped
                 subs = comb_subs.get(stream, _NOBODY)
                 for conn in subs:
                     conn.pending.append(frame)

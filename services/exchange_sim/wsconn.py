@@ -30,16 +30,29 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 MAX_BUFFER = 16 * 1024 * 1024
+# payload length -> text frame header; kline messages come in a few dozen lengths, so the
+# hot path (`MarketHub.publish_encoded`) looks the header up instead of building it
+HEADERS: dict[int, bytes] = {}
 
 
 def frame_text(payload: bytes) -> bytes:
     """One FIN text frame, server->client (no mask)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+    return frame_header(len(payload)) + payload
+
+
+def frame_header(n: int) -> bytes:
+    """The header of a FIN text frame carrying `n` payload bytes (remembered in HEADERS)."""
+    header = HEADERS.get(n)
+    if header is None:
+        if n < 126:
+            header = bytes((0x81, n))
+        elif n < 65536:
+            header = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            header = b"\x81\x7f" + n.to_bytes(8, "big")
+        if len(HEADERS) < 4096:
+            HEADERS[n] = header
+    return header
 
 
 def combined(stream: str, payload: bytes) -> bytes:
