@@ -27,3 +27,26 @@ async def test_signed_requests_pass_recv_window_on_a_fast_clock() -> None:
     assert stats["time_syncs"] <= 2, stats
     assert stats["clock_rate"] > 100
     assert skew < 5_000
+
+
+async def test_retry_after_is_real_seconds_on_a_fast_simulator(redis_client, prefix) -> None:
+    """A 418 ban of 120 exchange seconds on a 240x simulator is half a real second: the
+    shared ban must not stop every process for two real minutes."""
+    import time
+
+    from shared.binance import IpBanned
+
+    async with SimServer(SimConfig(symbols=("BTCUSDT",), speed=240)) as sim:
+        sim.admin.fail_rest(mode="418", count=1, path="/fapi/v1/ping")
+        client = BinanceClient.from_credentials(
+            sim.rest_url, sim.demo_key, sim.demo_secret, redis_client, redis_prefix=prefix
+        )
+        async with client:
+            try:
+                await client.ping()
+                raise AssertionError("the injected 418 did not arrive")
+            except IpBanned as exc:
+                assert exc.retry_after <= 1
+            started = time.monotonic()
+            await client.exchange_info()  # waits out the short ban, does not refuse
+            assert time.monotonic() - started < 3

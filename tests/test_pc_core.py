@@ -335,3 +335,9 @@ def test_gap_watch_targets_held_symbols_while_down_and_all_once_when_back() -> N
     assert watch.targets(T0 + 4 * MIN, True, ["BTCUSDT"], {}) == {}
     orphan = watch.targets(T0 + 10 * 3_600_000, True, [], {"BTCUSDT": T0 + 9 * 3_600_000})
     assert orphan == {"BTCUSDT": T0 + 3 * 3_600_000}  # looked back ORPHAN_LOOKBACK_MS
+    # alive at both sweeps, but account_feed restarted (or reconnected) in between
+    late = T0 + 11 * 3_600_000
+    assert watch.targets(late, True, [], {}, session="41/1/0") == {}
+    assert watch.targets(late + MIN, True, [], {}, session="41/1/0") == {}
+    again = watch.targets(late + 2 * MIN, True, [], {}, session="41/1/1")
+    assert again == dict.fromkeys(["BTCUSDT", "ETHUSDT", "BNBUSDT"], late + MIN)

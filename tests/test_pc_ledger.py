@@ -309,7 +309,10 @@ def test_late_fills_of_a_resynced_reduction_replace_the_estimate_and_never_doubl
     assert ledger.on_fill(fill("SELL", "1", "106", t=3, at=T0 + 19, order_id=3)) == []
     assert ledger.lot("BTCUSDT") is None and ledger.counters.presynced_fills == 2
     ledger.on_fill(fill("BUY", "1", "107", t=4, at=T0 + 21, order_id=4))  # after T: applies
-    assert ledger.lot("BTCUSDT") is not None
+    new_lot = ledger.lot("BTCUSDT")
+    assert new_lot is not None and new_lot.qty == D(1)
+    ledger.on_fill(fill("SELL", "1", "106", t=5, at=T0 + 18, fee="0.2", order_id=5))
+    assert new_lot.fees == 0 and new_lot.qty == D(1)  # an older trade's fee stays out
 
 
 def test_orphan_close_is_rebuilt_from_replayed_fills_once() -> None:
@@ -323,10 +326,19 @@ def test_orphan_close_is_rebuilt_from_replayed_fills_once() -> None:
     assert (tr.quantity, tr.exit_reason, tr.net_pnl) == (D(2), "time_stop", D("5.8"))
     assert tr.decision == RECORD and ledger.replay_needed == {} and ledger.lots == {}
     assert ledger.replay("BTCUSDT", [opened, closed]) == []  # fetched again: nothing new
-    # an older round trip in a too-wide REST window is skipped, not reopened
-    old = fill("BUY", "1", "90", t=5, at=T0 - 60_000, order_id=5)
-    assert ledger.replay("BTCUSDT", [old]) == [] and ledger.lots == {}
-    assert ledger.counters.replay_skipped >= 1 and ledger.counters.trades == 1
+    # a later trade recorded first does not hide an earlier lost one (found in the run)
+    ledger2 = Ledger()
+    assert ledger2.on_fill(closed) == []  # orphan; then a whole new trip arrives live
+    ledger2.on_fill(fill("BUY", "1", "104", t=23, at=T0 + 70_000, order_id=3))
+    (later,) = ledger2.on_fill(fill("SELL", "1", "104", t=24, at=T0 + 80_000, reduce=True,
+                                    order_id=4))  # fmt: skip
+    (lost,) = ledger2.replay("BTCUSDT", [opened, closed, *_again(later)])
+    assert lost.trade_id == f"BTCUSDT-{T0}" and lost.quantity == D(2)
+    # after a restart, a too-wide REST window does not reopen a recorded trade's fills
+    restored = Ledger()
+    restored.restore(orjson.loads(orjson.dumps(ledger2.to_state(), default=str)))
+    assert restored.replay("BTCUSDT", [opened, closed]) == [] and restored.lots == {}
+    assert restored.counters.replay_skipped == 2
 
 
 def test_snapshot_times_survive_a_restart() -> None:
@@ -355,3 +367,9 @@ def test_user_trade_rows_become_fills_with_their_orders_flags() -> None:
     assert not bare.reduce_only and bare.client_order_id == ""
     with pytest.raises(MessageError):
         user_trade_fill({**row, "qty": "x"})
+
+
+def _again(trade: ClosedTrade) -> list[OrderUpdate]:
+    """The fills of a trade recorded live, as a REST replay would fetch them again."""
+    return [fill("BUY", "1", "104", t=23, at=trade.entry_time, order_id=3),
+            fill("SELL", "1", "104", t=24, at=trade.exit_time, reduce=True, order_id=4)]  # fmt: skip

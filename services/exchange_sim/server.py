@@ -206,13 +206,24 @@ class SimServer:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def make_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._retry_after_in_wall_seconds])
         app[SIM_KEY] = self
         app.add_routes(rest_routes())
         app.add_routes(admin_routes(self.faults))
         app.add_routes(ws_routes(self))
         app.add_routes([web.get("/healthz", self._healthz), web.get("/metrics", self._metrics)])
         return app
+
+    @web.middleware
+    async def _retry_after_in_wall_seconds(self, request: web.Request, handler: Any) -> Any:
+        """HTTP's Retry-After is a delay in real seconds. Limits are kept in sim time, so
+        on a sped-up clock the header is scaled down (at speed 1 it is Binance's value)."""
+        response = await handler(request)
+        speed = self.clock.speed
+        value = response.headers.get("Retry-After") if speed > 1 else None
+        if value and value.isdigit():
+            response.headers["Retry-After"] = str(max(1, -(-int(value) // int(speed))))
+        return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
         clock = self.clock

@@ -39,7 +39,7 @@ once.  Both memories are bounded (LRU).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -211,7 +211,7 @@ class Ledger:
         self._algo_types: OrderedDict[int, str] = OrderedDict()
         self._synced: dict[str, int] = {}  # symbol -> exchange time of the last snapshot
         self._orphans: dict[str, int] = {}  # symbol -> earliest orphan closing fill time
-        self._closed_to: dict[str, int] = {}  # symbol -> exit time of its last trade
+        self._spans: dict[str, deque[tuple[int, int]]] = {}  # recorded trades' (open, exit)
         self._memory = memory
         self.counters = LedgerCounters()
 
@@ -238,14 +238,14 @@ class Ledger:
         return self._synced.get(symbol)
 
     def _before_replay(self, fill: OrderUpdate) -> bool:
-        """A fetched fill older than the open lot or than the symbol's last recorded
-        trade: it belongs to a trade already recorded (a REST window reaching back too
-        far, e.g. after a restart), so replaying it would open a phantom lot."""
+        """A fetched fill inside the span of a trade already recorded (one-way mode: every
+        fill between a trade's open and exit is that trade's; a REST window reaching back
+        too far, e.g. after a restart), or older than the open lot (it cannot be applied
+        out of order): replaying it would open a phantom lot, so it is skipped."""
         lot = self._lots.get(fill.symbol)
-        floor = self._closed_to.get(fill.symbol, -1)
-        if lot is not None and not lot.estimated:
-            floor = max(floor, lot.open_time - 1)
-        if fill.trade_time > floor:
+        t = fill.trade_time
+        old = lot is not None and not lot.estimated and t < lot.open_time
+        if not old and not any(o <= t <= x for o, x in self._spans.get(fill.symbol, ())):
             return False
         self.counters.replay_skipped += 1
         return True
@@ -326,8 +326,8 @@ class Ledger:
         for a reducing fill its real realized profit and price in place of the estimate."""
         self.counters.presynced_fills += 1
         lot = self._lots.get(fill.symbol)
-        if lot is None:
-            return
+        if lot is None or not (lot.estimated or lot.open_time <= fill.trade_time):
+            return  # no lot held it (a later lot must not get an earlier trade's fee)
         lot.fees += fee
         direction = 1 if fill.side == "BUY" else -1
         if direction == lot.direction:
@@ -461,6 +461,11 @@ class Ledger:
             self._synced[symbol] = time_ms
         self._orphans.pop(symbol, None)  # the snapshot settled the symbol
 
+    def _span(self, symbol: str, open_ms: int, exit_ms: int) -> None:
+        spans = self._spans.setdefault(symbol, deque(maxlen=_SPANS_KEPT))
+        if (open_ms, exit_ms) not in spans:
+            spans.append((open_ms, exit_ms))
+
     def _fee(self, fill: OrderUpdate) -> Decimal:
         if fill.commission_asset in ("", self.quote_asset):
             return fill.commission
@@ -490,7 +495,7 @@ class Ledger:
 
     def _finish(self, lot: Lot, reason: str) -> ClosedTrade | None:
         del self._lots[lot.symbol]
-        self._closed_to[lot.symbol] = max(self._closed_to.get(lot.symbol, -1), lot.last_time)
+        self._span(lot.symbol, lot.open_time, lot.last_time)
         if not self._emitted.add(lot.trade_id):
             self.counters.duplicate_trades += 1
             return None
@@ -521,14 +526,18 @@ class Ledger:
     def to_state(self) -> dict[str, Any]:
         """Open lots as plain data, so a restarted service resumes mid-trade."""
         return {"lots": [asdict(lot) for lot in self._lots.values()],
-                "synced": dict(self._synced), "closed_to": dict(self._closed_to)}  # fmt: skip
+                "synced": dict(self._synced), "orphans": dict(self._orphans),
+                "spans": {s: list(v) for s, v in self._spans.items()}}  # fmt: skip
 
     def restore(self, state: dict[str, Any]) -> None:
         """Inverse of `to_state`; Decimal fields may come back as strings (JSON)."""
         for sym, t in (state.get("synced") or {}).items():
             self._mark_synced(str(sym), int(t))
-        for sym, t in (state.get("closed_to") or {}).items():
-            self._closed_to[str(sym)] = max(self._closed_to.get(str(sym), -1), int(t))
+        for sym, t in (state.get("orphans") or {}).items():
+            self._orphans.setdefault(str(sym), int(t))
+        for sym, spans in (state.get("spans") or {}).items():
+            for o, x in spans:
+                self._span(str(sym), int(o), int(x))
         for row in state.get("lots", []):
             data = dict(row)
             for name in _DECIMAL_FIELDS:
@@ -538,6 +547,7 @@ class Ledger:
             self._lots[lot.symbol] = lot
 
 
+_SPANS_KEPT = 64  # recorded trades remembered per symbol (replays skip their fills)
 _DECIMAL_FIELDS = (
     "qty", "entry_qty", "entry_notional", "exit_qty", "exit_notional", "realized", "fees",
     "funding", "est_qty", "est_notional", "est_realized",

@@ -15,7 +15,10 @@ Inputs, each acted on at once:
 - The sweep, every `trading.position_check_interval` s (`service.fallback_interval` while
   account_feed is not healthy, since the cache is then stale): REST positionRisk
   (reconciles the position cache and the core; liquidation prices; leverage), REST
-  openAlgoOrders (protection check), every rule, unanswered closes re-sent.
+  openAlgoOrders (protection check), every rule, unanswered closes re-sent.  Before
+  reconciling, fills the user data stream may have lost (account_feed down or restarted,
+  or an orphan closing fill) are fetched over REST userTrades and replayed into the
+  ledger (`_replay_gaps`, `sources.GapWatch`), so a round trip inside the gap is recorded.
 
 Start-up: restore the persisted state, positions from the account_feed cache (REST
 positionRisk when it is empty or account_feed is not healthy), catch up on the account
@@ -300,7 +303,7 @@ class PositionControllerService(Service):
         algos = await self.sources.algo_orders() if held else []  # weight 40: only if needed
         if not self.core.filters:
             await self._load_filters()
-        self.feed_alive = await self.sources.feed_alive()  # before _replay_gaps
+        self.feed_alive, session = await self.sources.feed_state()  # before _replay_gaps
         rows = snapshot.positions if snapshot is not None else None
         liq = snapshot.liquidation if snapshot is not None else None
         if snapshot is not None:
@@ -308,7 +311,7 @@ class PositionControllerService(Service):
             if not self.feed_alive:  # the cache is stale: REST rows are the positions
                 self.c["rest_fallbacks"] += 1
             self._reconcile_cache(await self.sources.cache(), snapshot.positions, now)
-        replayed = await self._replay_gaps(now, rows)
+        replayed = await self._replay_gaps(now, rows, session)
         for lot in list(self.core.ledger.lots.values()):
             await self._ensure_decision(lot.entry_client_id)
         actions = replayed + self.core.sweep(now, rows, algos, liq)
@@ -324,7 +327,9 @@ class PositionControllerService(Service):
             pass  # kept in the outbox; its own loop retries
         return actions
 
-    async def _replay_gaps(self, now: int, rows: list[Position] | None) -> list[Action]:
+    async def _replay_gaps(
+        self, now: int, rows: list[Position] | None, session: str | None
+    ) -> list[Action]:
         """Fills the user data stream may have lost (account_feed down, or an orphan
         closing fill) fetched over REST and applied before reconciling, so a round trip
         inside the gap is recorded with its real fills (once: trade ids and the
@@ -332,8 +337,8 @@ class PositionControllerService(Service):
         ledger = self.core.ledger
         held = set(ledger.lots) | {p.symbol for p in rows or () if p.size != 0}
         actions: list[Action] = []
-        for symbol, start in self.gaps.targets(now, self.feed_alive, held,
-                                                ledger.replay_needed).items():  # fmt: skip
+        targets = self.gaps.targets(now, self.feed_alive, held, ledger.replay_needed, session)
+        for symbol, start in targets.items():
             fills = await self.sources.gap_fills(symbol, start, ledger)
             if fills is None:
                 continue  # REST failed: the orphan stays in `replay_needed` for next sweep

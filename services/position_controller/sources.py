@@ -189,11 +189,21 @@ class Sources:
 
     async def feed_alive(self) -> bool:
         """Is account_feed's heartbeat there and `ok` (so its cache is current)?"""
+        return (await self.feed_state())[0]
+
+    async def feed_state(self) -> tuple[bool, str | None]:
+        """(alive, session): alive as `feed_alive`; the session (process id, start time,
+        socket reconnects) changes whenever the user data stream may have lost events
+        (a restart or a reconnect), even between two sweeps that both saw it alive."""
         try:
-            status = await self.redis.hget(self.keys.health("account_feed"), "status")
+            h = await self.redis.hmget(self.keys.health("account_feed"),
+                                       ["status", "pid", "started_at", "reconnects"])  # fmt: skip
         except (RedisError, OSError):
-            return False
-        return status == b"ok"
+            return False, None
+        if h[0] is None:
+            return False, None
+        session = "/".join((v or b"").decode(errors="replace") for v in h[1:])
+        return h[0] == b"ok", session
 
     async def rest(self, call: Awaitable[Any]) -> Any:
         try:
@@ -254,14 +264,21 @@ class GapWatch:
         self.alive_ms: int | None = None  # the last sweep that saw account_feed alive
         self.gap_start: int | None = None  # set while down (None: start unknown)
         self.down = False
+        self.session: str | None = None  # account_feed's session at the last alive sweep
 
     def targets(
-        self, now_ms: int, feed_alive: bool, held: Iterable[str], orphans: dict[str, int]
-    ) -> dict[str, int | None]:
-        """symbol -> start time (None: the exchange's default window) to fetch now."""
+        self, now_ms: int, feed_alive: bool, held: Iterable[str], orphans: dict[str, int],
+        session: str | None = None,
+    ) -> dict[str, int | None]:  # fmt: skip
+        """symbol -> start time (None: the exchange's default window) to fetch now.
+        A new account_feed `session` since the last alive sweep counts as a gap."""
         out: dict[str, int | None] = {
             s: max(t - self.ORPHAN_LOOKBACK_MS, self.gap_start or 0) for s, t in orphans.items()
         }
+        if feed_alive and session is not None and self.session not in (None, session):
+            self.down, self.gap_start = True, self.alive_ms  # restarted/reconnected between
+        if feed_alive:
+            self.session = session
         if not feed_alive:
             if not self.down:
                 self.down, self.gap_start = True, self.alive_ms

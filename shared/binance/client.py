@@ -344,10 +344,10 @@ class BinanceClient:
 
     async def _throttled(self, exc: RateLimited | IpBanned, path: str) -> None:
         """429/418: stop every process sharing this key until Retry-After has passed."""
-        # Kept in wall-clock ms, which every process sharing the key agrees on. Retry-After
-        # counts exchange seconds: on a sped-up simulator those pass faster.
+        # Kept in wall-clock ms, which every process sharing the key agrees on; HTTP's
+        # Retry-After is a delay in real seconds (the simulator scales it to its speed).
         now = self._wall_ms()
-        until = now + int(exc.retry_after * 1000 / max(self._clock_rate, 1.0))
+        until = now + int(exc.retry_after * 1000)
         self._last_throttle_status = exc.status
         self._counters["bans" if isinstance(exc, IpBanned) else "rate_limit_hits"] += 1
         await self._budget.ban(until, now)
