@@ -14,8 +14,9 @@ Every `service.fallback_interval` seconds, one cycle:
    (`shared.account_cache`: `snapshot_writes` + `AccountCache.apply`, one Lua call), so
    the event-time rule holds across both writers: each row is timed by the exchange's
    `updateTime`; a row without one (0), and the removal of a cached position the
-   exchange no longer has, by `client.server_ms()` read just BEFORE the requests (a
-   lower bound of the snapshot's time, so it never claims to be newer than it is).  A
+   exchange no longer has, by the exchange's `GET /fapi/v1/time` read just BEFORE the
+   requests (a lower bound of the snapshot's time, so it never claims to be newer than
+   it is; a local estimate of the exchange clock could run ahead).  A
    row older than what account_feed stored is dropped, never written back; `leverage`
    is not written (v3 positionRisk has none): the script keeps the leverage hash's.
 When everything is fresh a cycle does one weight-1 REST call and a few Redis reads, so it
@@ -217,12 +218,16 @@ class RestFallbackService(Service):
         client = self.client
         assert client is not None
         try:
-            as_of = client.server_ms()  # before the requests: a lower bound
+            # The exchange's own clock, read before the snapshot: a true lower bound of
+            # its time. (A local estimate of the exchange clock can run ahead: a paused or
+            # sped-up simulator, a frozen process; a time from the future would make every
+            # later account event look older and be dropped.)
+            as_of = int((await client.server_time())["serverTime"])
             risk = await client.position_risk()
             balances = await client.balance()
             rows = tuple(Position.from_position_risk(r) for r in risk)
             bals = tuple(balance_from_rest(b) for b in balances)
-        except ERRORS as exc:
+        except (*ERRORS, KeyError, TypeError, ValueError) as exc:
             self.counters["errors"] += 1
             log.warning("account refresh failed", extra={"error": repr(exc)})
             return
