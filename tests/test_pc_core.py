@@ -341,3 +341,16 @@ def test_gap_watch_targets_held_symbols_while_down_and_all_once_when_back() -> N
     assert watch.targets(late + MIN, True, [], {}, session="41/1/0") == {}
     again = watch.targets(late + 2 * MIN, True, [], {}, session="41/1/1")
     assert again == dict.fromkeys(["BTCUSDT", "ETHUSDT", "BNBUSDT"], late + MIN)
+
+
+def test_a_new_position_is_not_closed_on_the_old_positions_liquidation_price() -> None:
+    core = core_with_long()
+    core.on_price(SYM, D(101), T0 + 1)
+    assert closes(core.sweep(T0 + MIN, liquidation_prices={SYM: D(95)})) == []
+    core.on_account_update(acct("0", at=T0 + MIN + 1), T0 + MIN + 1)  # closed
+    core.on_account_update(acct("1", "96", at=T0 + 2 * MIN), T0 + 2 * MIN)  # a new long
+    # 95.5 is within 1% of the OLD liquidation price (95): that price is not this one's.
+    assert closes(core.on_price(SYM, D("95.5"), T0 + 2 * MIN + 1)) == []
+    # The next sweep brings the new position's own price, and the guard applies to it.
+    (d,) = closes(core.sweep(T0 + 3 * MIN, liquidation_prices={SYM: D("95.2")}))
+    assert d.rule is ExitRule.LIQUIDATION_GUARD

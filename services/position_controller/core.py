@@ -256,6 +256,7 @@ class PositionControllerCore:
             tr = self._tracked.get(sym)
             if pu.amount == 0:
                 self._tracked.pop(sym, None)
+                self._liq.pop(sym, None)
                 continue
             lev = self._leverage.get(sym) or (tr.position.leverage if tr else None)
             pos = Position.from_update(pu, update.event_time, lev)
@@ -383,6 +384,9 @@ class PositionControllerCore:
         lot = self.ledger.lot(pos.symbol)
         if lot is not None and lot.side == pos.side:
             opened_ms = lot.open_time
+        # The last sweep's liquidation price belonged to the old position: a new one must
+        # not be closed on it (the next sweep brings the new position's price).
+        self._liq.pop(pos.symbol, None)
         self._tracked[pos.symbol] = _Tracked(pos, opened_ms, pos.entry_price, adopted)
 
     def _evaluate(self, symbol: str, now_ms: int) -> list[Action]:
@@ -450,6 +454,7 @@ class PositionControllerCore:
         sym, pos = repair.symbol, repair.position
         if pos is None:
             self._tracked.pop(sym, None)
+            self._liq.pop(sym, None)
             self._last_event[sym] = max(self._last_event.get(sym, 0), now_ms)
             return self._close_external(sym, now_ms, as_of)
         self._last_event[sym] = max(self._last_event.get(sym, 0), pos.updated_at)
