@@ -23,7 +23,6 @@ import argparse
 import resource
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,9 @@ from services.trader.core import TraderCore
 from services.trader.signals import SignalParams, evaluate
 from shared.config import load_settings
 from shared.market_context import MarketContext, compute_features_vectorized
+from shared.testing import KLINES_DIR
 
-DATA = Path("/work/shared/data/klines")
+DATA = KLINES_DIR
 MONTH = DATA / "binance_usdtm_2023-07_freqtrade" / "csv"
 EXTRA = DATA / "binance_usdtm_2023-02_vision_csv"
 YEAR_START = 1_672_531_200_000  # 2023-01-01T00:00Z

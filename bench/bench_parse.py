@@ -21,7 +21,6 @@ import csv
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import msgspec
 import orjson
@@ -32,8 +31,9 @@ from shared.binance.schemas import (
     parse_kline_message,
     price_tick,
 )
+from shared.testing import KLINES_DIR
 
-DATA = Path("/work/shared/data/klines/binance_usdtm_2023-02_vision_csv")
+DATA = KLINES_DIR / "binance_usdtm_2023-02_vision_csv"
 UPDATES_PER_CANDLE = 10
 
 

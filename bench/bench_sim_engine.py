@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import time
 from decimal import Decimal
-from pathlib import Path
 
 from services.exchange_sim.engine import Exchange
 from services.exchange_sim.market import ReplayMarket
 from services.exchange_sim.specs import default_spec
+from shared.testing import KLINES_DIR
 
-BTC_GZ = Path("/work/shared/data/klines/binance_usdtm_2023-07_freqtrade/csv/BTCUSDT-1m.csv.gz")
+BTC_GZ = KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv/BTCUSDT-1m.csv.gz"
 MIN = 60_000
 
 

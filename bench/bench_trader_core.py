@@ -30,8 +30,9 @@ from shared.config import load_settings
 from shared.filters import SymbolFilters
 from shared.market_context import MarketContext, compute_features_vectorized
 from shared.models import Kline
+from shared.testing import KLINES_DIR
 
-DATA = "/work/shared/data/klines/binance_usdtm_2023-07_freqtrade/csv/*-1m.csv.gz"
+DATA = str(KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv/*-1m.csv.gz")
 MIN = 60_000
 
 

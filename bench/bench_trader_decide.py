@@ -51,15 +51,15 @@ from shared.filters import parse_exchange_info
 from shared.keys import Keys
 from shared.kline_publisher import KlinePublisher
 from shared.models import Kline
-from shared.testing import RedisServer
+from shared.testing import KLINES_DIR, RedisServer
 
 MIN = 60_000
 START = 1_767_225_600_000
 PREFIX = "bench:"
 LOOSE = SignalParams(pullback_rsi_long_max=100, pullback_rsi_short_min=0, pullback_min_regime=-1,
                      breakout_atr_ratio_min=0, breakout_volume_z_min=-1e9)  # fmt: skip
-DATA = ["/work/shared/data/klines/binance_usdtm_2023-02_vision_csv/*.csv",
-        "/work/shared/data/klines/binance_usdtm_2023-07_freqtrade/csv/*-1m-futures.csv.gz"]  # fmt: skip
+DATA = [str(KLINES_DIR / "binance_usdtm_2023-02_vision_csv/*.csv"),
+        str(KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv/*-1m-futures.csv.gz")]  # fmt: skip
 
 
 def symbols(n: int) -> list[str]:

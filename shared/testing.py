@@ -87,3 +87,21 @@ class RedisServer:
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+
+
+def shared_data_dir() -> Path:
+    """The real Binance kline files beside the repository (`../shared/data`).
+
+    CI lays a copy of `shared/` beside its clone, wherever the clone is; `SLT_DATA_DIR`
+    points elsewhere. The files are read in place, never copied into the repo.
+    """
+    import os
+
+    env = os.environ.get("SLT_DATA_DIR")
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return beside if beside.exists() else Path("/work/shared/data")
+
+
+KLINES_DIR = shared_data_dir() / "klines"

@@ -13,8 +13,9 @@ from rich.console import Console
 
 from backtest.cli import _progress
 from shared.cli import main as slt_main
+from shared.testing import KLINES_DIR
 
-DATA = "/work/shared/data/klines/binance_usdtm_2023-07_freqtrade/csv"
+DATA = str(KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv")
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from aiohttp import web
 from backtest.data import CLOSE, HIGH, OPEN, DataError, find_files, load_feed, parse_time
 from backtest.download import ArchiveFile, days, download, months
 from shared.cli import main as slt_main
+from shared.testing import KLINES_DIR
 
-REAL = Path("/work/shared/data/klines/binance_usdtm_2023-02_vision_csv/AVAXUSDT-1m-2023-02.csv")
+REAL = KLINES_DIR / "binance_usdtm_2023-02_vision_csv/AVAXUSDT-1m-2023-02.csv"
 T0 = 1_675_209_600_000  # 2023-02-01T00:00Z
 MIN = 60_000
 HEADER = ("open_time,open,high,low,close,volume,close_time,quote_volume,count,"

@@ -43,11 +43,12 @@ from shared.config import Settings, load_settings
 from shared.keys import Keys
 from shared.kline_publisher import KlinePublisher
 from shared.runtime import serve
+from shared.testing import KLINES_DIR
 from tests.polling import until
 
 pytestmark = pytest.mark.timeout(110)
 
-CSV = Path("/work/shared/data/klines/binance_usdtm_2023-07_freqtrade/csv")
+CSV = KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv"
 SYMS = ("DOGEUSDT", "SOLUSDT", "XRPUSDT")
 FILES = tuple(str(CSV / f"{s}-1m.csv.gz") for s in SYMS)
 MIN = 60_000

@@ -16,8 +16,9 @@ from backtest.results import RunConfig
 from backtest.runner import Runner
 from backtest.session import BUY_AND_HOLD, make_learner, run_session
 from shared.config import load_settings
+from shared.testing import KLINES_DIR
 
-DATA = "/work/shared/data/klines/binance_usdtm_2023-07_freqtrade/csv"
+DATA = str(KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv")
 SYMBOLS = ["BNBUSDT", "BTCUSDT", "DOGEUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
 FAST_MODEL = {"n_estimators": 20, "min_train_samples": 100, "retrain_after_trades": 20}
 

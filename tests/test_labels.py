@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,9 +17,10 @@ from services.trader.labels import (
     triple_barrier,
 )
 from services.trader.signals import MODEL_FEATURE_NAMES, SignalParams
+from shared.testing import KLINES_DIR
 
-AVAX = Path("/work/shared/data/klines/binance_usdtm_2023-02_vision_csv/AVAXUSDT-1m-2023-02.csv")
-BNB_GZ = Path("/work/shared/data/klines/binance_usdtm_2023-07_freqtrade/csv/BNBUSDT-1m.csv.gz")
+AVAX = KLINES_DIR / "binance_usdtm_2023-02_vision_csv/AVAXUSDT-1m-2023-02.csv"
+BNB_GZ = KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv/BNBUSDT-1m.csv.gz"
 FEE = 0.0005
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ from shared.market_context import (
     MarketContextBank,
     compute_features_vectorized,
 )
+from shared.testing import KLINES_DIR
 
-AVAX = Path("/work/shared/data/klines/binance_usdtm_2023-02_vision_csv/AVAXUSDT-1m-2023-02.csv")
+AVAX = KLINES_DIR / "binance_usdtm_2023-02_vision_csv/AVAXUSDT-1m-2023-02.csv"
 T0 = 1_675_209_600_000  # 2023-02-01 00:00 UTC
 MIN = 60_000
 IDX = {n: i for i, n in enumerate(FEATURE_NAMES)}

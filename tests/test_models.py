@@ -6,7 +6,6 @@ import csv
 import math
 from dataclasses import replace
 from decimal import Decimal
-from pathlib import Path
 
 import orjson
 import pytest
@@ -31,6 +30,7 @@ from shared.models import (
     to_decimal,
     wire_decimal,
 )
+from shared.testing import KLINES_DIR
 from tests.test_schemas import (
     DOC_ACCOUNT_UPDATE,
     DOC_ALGO_UPDATE,
@@ -40,7 +40,7 @@ from tests.test_schemas import (
 )
 from tests.test_schemas import DOC_ORDER_TRADE_UPDATE as DOC_OTU
 
-DATA = Path("/work/shared/data/klines/binance_usdtm_2023-02_vision_csv/AVAXUSDT-1m-2023-02.csv")
+DATA = KLINES_DIR / "binance_usdtm_2023-02_vision_csv/AVAXUSDT-1m-2023-02.csv"
 
 # GET /fapi/v1/klines documented response row (verbatim).
 DOC_REST_ROW = [

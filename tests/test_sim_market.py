@@ -22,8 +22,9 @@ from services.exchange_sim.market import (
     parse_name,
 )
 from services.exchange_sim.specs import default_spec, exchange_info, leverage_brackets
+from shared.testing import KLINES_DIR
 
-DATA = Path("/work/shared/data/klines")
+DATA = KLINES_DIR
 AVAX = DATA / "binance_usdtm_2023-02_vision_csv" / "AVAXUSDT-1m-2023-02.csv"
 LINK = DATA / "binance_usdtm_2023-02_vision_csv" / "LINKUSDT-1m-2023-02.csv"
 BTC_GZ = DATA / "binance_usdtm_2023-07_freqtrade" / "csv" / "BTCUSDT-1m.csv.gz"

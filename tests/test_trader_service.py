@@ -33,6 +33,7 @@ from shared.keys import Keys
 from shared.kline_publisher import KlinePublisher
 from shared.models import ClosedTrade, DecisionRecord, Kline
 from shared.runtime import serve
+from shared.testing import KLINES_DIR
 from tests.polling import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.timeout(60)
 START = 1_767_225_600_000  # 2026-01-01 00:00 UTC, a minute boundary
 MIN = 60_000
 SYMS = ("BTCUSDT", "ETHUSDT")
-VISION = Path("/work/shared/data/klines/binance_usdtm_2023-02_vision_csv")
+VISION = KLINES_DIR / "binance_usdtm_2023-02_vision_csv"
 VISION_FILES = sorted(str(p) for p in VISION.glob("*.csv"))  # real Binance klines, Feb 2023
 
 
