@@ -87,7 +87,7 @@ def _format_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
         etype, data, meta = decode_event(fields)
     except Exception as exc:  # an operator tool shows what it cannot decode
         return f"{_text(entry_id)}  <undecodable: {exc}>"
-    when = meta.get("event_time") if isinstance(meta, dict) else None
+    when = getattr(meta, "event_time", None)
     stamp = ""
     if when:
         stamp = datetime.fromtimestamp(int(when) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
