@@ -39,7 +39,7 @@ class RedisServer:
     """A redis-server child process bound to 127.0.0.1 on a free port."""
 
     def __init__(self, data_dir: Path, port: int | None = None, aof: bool = False) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server chdirs into it: no relative paths
         self.port = port or free_port()
         self.aof = aof
         self.proc: subprocess.Popen[bytes] | None = None
