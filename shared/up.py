@@ -141,19 +141,23 @@ async def run_up(settings: Settings, args: argparse.Namespace) -> int:
     sim_port = (args.sim_port or free_port()) if mode == "sim" else None
     env = child_env(settings, args, redis_url, sim_port)
     specs = child_specs(settings, args, env, sim_port)
-    sup = Supervisor(specs)
+    # The exchange first, the services once it answers; on the way out the services stop
+    # first, so account_feed can still DELETE its listenKey and nothing logs a dead exchange.
+    exchange = Supervisor([s for s in specs if s.name == "exchange_sim"])
+    sup = Supervisor([s for s in specs if s.name != "exchange_sim"])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     status_task: asyncio.Task[None] | None = None
     try:
-        await sup.start()
-        for name, pid in sup.pids().items():
-            print(f"[slt up] started {name} pid={pid}")
+        await exchange.start()
         if sim_port is not None:
             await _wait_for_port(sim_port)
             print(f"[slt up] exchange simulator: http://127.0.0.1:{sim_port} (speed {args.speed}x)")
+        await sup.start()
+        for name, pid in {**exchange.pids(), **sup.pids()}.items():
+            print(f"[slt up] started {name} pid={pid}")
         port = int(env.get("SLT_SERVICE__PORTS__REPORTER", settings.port("reporter")))
         print(f"[slt up] dashboard: http://127.0.0.1:{port}/  (Ctrl-C stops everything)")
         status_task = asyncio.create_task(
@@ -167,9 +171,11 @@ async def run_up(settings: Settings, args: argparse.Namespace) -> int:
             await asyncio.gather(status_task, return_exceptions=True)
         print("[slt up] stopping services...")
         await sup.stop()
+        await exchange.stop()
         if redis:
             redis.stop()
-        print(f"[slt up] stopped; restarts: {sup.restarts()}; data kept in {args.data_dir}/")
+        restarts = {**exchange.restarts(), **sup.restarts()}
+        print(f"[slt up] stopped; restarts: {restarts}; data kept in {args.data_dir}/")
     return 0
 
 
