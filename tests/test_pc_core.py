@@ -343,6 +343,20 @@ def test_gap_watch_targets_held_symbols_while_down_and_all_once_when_back() -> N
     assert again == dict.fromkeys(["BTCUSDT", "ETHUSDT", "BNBUSDT"], late + MIN)
 
 
+def test_gap_watch_starts_a_gap_a_heartbeat_ttl_before_the_last_alive_sweep() -> None:
+    """Found in the soak: account_feed was killed, a sweep still read its heartbeat (alive
+    until the TTL), a whole round trip fell between the kill and that sweep, and the replay
+    after the restart began at that sweep: the trip was never fetched nor recorded."""
+    watch = GapWatch(["BTCUSDT"])
+    ttl = 3_000 * 240  # a 3 s heartbeat TTL at 240x
+    assert watch.targets(T0, True, [], {}, session="7/1/0", stale_ms=ttl) == {}
+    back = watch.targets(T0 + MIN, True, [], {}, session="8/2/0", stale_ms=ttl)
+    assert back == {"BTCUSDT": T0 - ttl}
+    watch.targets(T0 + 2 * MIN, True, [], {}, session="8/2/0", stale_ms=ttl)
+    down = watch.targets(T0 + 3 * MIN, False, ["BTCUSDT"], {}, stale_ms=ttl)
+    assert down == {"BTCUSDT": T0 + 2 * MIN - ttl}
+
+
 def test_a_new_position_is_not_closed_on_the_old_positions_liquidation_price() -> None:
     core = core_with_long()
     core.on_price(SYM, D(101), T0 + 1)

@@ -315,6 +315,32 @@ def test_late_fills_of_a_resynced_reduction_replace_the_estimate_and_never_doubl
     assert new_lot.fees == 0 and new_lot.qty == D(1)  # an older trade's fee stays out
 
 
+def test_a_round_trip_inside_a_flat_snapshot_delivered_late_is_recorded() -> None:
+    """Found in the soak: a flat REST snapshot at T (no lot held) came before the late
+    delivery (restart / redelivery) of a whole round trip <= T; presyncing both fills lost
+    the trade.  Only fills in a lot we hold or a recorded trade are presynced."""
+    ledger = Ledger({ENTRY_ID: RECORD}.get)
+    prior = [fill("BUY", "1", "100", t=1, at=T0), fill("SELL", "1", "101", t=2, at=T0 + 10,
+                                                       reduce=True, order_id=2)]  # fmt: skip
+    assert len(feed(ledger, prior)) == 1
+    snap_t = T0 + 5_000
+    assert ledger.close_external("BTCUSDT", snap_t, as_of=snap_t) is None  # flat, no lot
+    entry = fill("BUY", "2", "100", t=3, at=T0 + 1_000, fee="0.1", order_id=3)
+    stop = fill("SELL", "2", "99", t=4, at=T0 + 1_800, fee="0.1", rp="-2", orig="STOP_MARKET",
+                cid="slt-s-00112233445566778899aabbcc", reduce=True, order_id=4)  # fmt: skip
+    restored = Ledger({ENTRY_ID: RECORD}.get)  # and across a restart
+    restored.restore(orjson.loads(orjson.dumps(ledger.to_state(), default=str)))
+    for led in (ledger, restored):
+        assert led.on_fill(entry) == []
+        (tr,) = led.on_fill(stop)
+        assert (tr.trade_id, tr.quantity, tr.exit_reason) == (f"BTCUSDT-{T0 + 1_000}", D(2),
+                                                               "stop_loss")  # fmt: skip
+        assert tr.net_pnl == D("-2.2") and tr.decision == RECORD and led.lots == {}
+        # a late unseen fill of a trip recorded before the snapshot is still presynced
+        assert led.on_fill(replace(prior[0], trade_id=9)) == [] and led.lots == {}
+        assert led.counters.presynced_fills == 1
+
+
 def test_orphan_close_is_rebuilt_from_replayed_fills_once() -> None:
     ledger = Ledger({ENTRY_ID: RECORD}.get)
     opened = fill("BUY", "2", "100", t=21, at=T0, fee="0.1")  # lost: account_feed down

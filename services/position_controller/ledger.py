@@ -21,6 +21,8 @@ the lot already.  PnL attribution of those late fills: the commission is added t
 and price replace the estimate `resync` booked for that quantity (`_reduce_estimated`, at
 the mark price), up to the estimated quantity.  A late fill for a symbol with no lot (the
 snapshot already closed it) only counts (`presynced_fills`): its trade is written.
+Not so a fill in no lot we hold and no recorded trade: a whole round trip between the last
+recorded trade and a flat snapshot, delivered late, is applied as live (`_accounted`).
 
 Gaps: an orphan closing fill (no lot: its opening fills were never seen) marks the symbol
 in `replay_needed`, so the service can rebuild the lot from REST `userTrades`
@@ -272,7 +274,7 @@ class Ledger:
             return []
         self.counters.fills += 1
         fee = self._fee(fill)
-        if fill.trade_time <= self._synced.get(fill.symbol, -1):
+        if fill.trade_time <= self._synced.get(fill.symbol, -1) and self._accounted(fill):
             self._presynced(fill, fee)
             return []
         qty, price, t = fill.last_filled_qty, fill.last_filled_price, fill.trade_time
@@ -320,6 +322,19 @@ class Ledger:
         if rest > 0:
             self._open(fill, rest, price, fee - close_fee, leverage)
         return [trade] if trade is not None else []
+
+    def _accounted(self, fill: OrderUpdate) -> bool:
+        """Is a fill at or before the last snapshot's time already in our books: in the
+        lot that snapshot set (or one it predates), or in a recorded trade?  A round trip
+        that opened and closed before a flat snapshot, all its fills delivered later (a
+        restart, a stalled account_feed), is in neither: its fills are applied like live
+        ones, else the trade would never be recorded.  One-way mode: such a trip comes
+        after every recorded trade of the symbol, and its lot is not estimated and opened
+        no later than the snapshot."""
+        lot = self._lots.get(fill.symbol)
+        if lot is not None:
+            return lot.estimated or lot.open_time > self._synced[fill.symbol]
+        return any(fill.trade_time <= x for _o, x in self._spans.get(fill.symbol, ()))
 
     def _presynced(self, fill: OrderUpdate, fee: Decimal) -> None:
         """A fill the last REST snapshot already contains (see module doc): its fee, and

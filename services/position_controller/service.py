@@ -337,7 +337,10 @@ class PositionControllerService(Service):
         ledger = self.core.ledger
         held = set(ledger.lots) | {p.symbol for p in rows or () if p.size != 0}
         actions: list[Action] = []
-        targets = self.gaps.targets(now, self.feed_alive, held, ledger.replay_needed, session)
+        rate = float(self.client.stats().get("clock_rate") or 1.0)  # a fast sim: > 1
+        stale_ms = round(self.settings.service.heartbeat_ttl * 1000 * rate)
+        targets = self.gaps.targets(now, self.feed_alive, held, ledger.replay_needed, session,
+                                    stale_ms)  # fmt: skip
         for symbol, start in targets.items():
             fills = await self.sources.gap_fills(symbol, start, ledger)
             if fills is None:

@@ -268,20 +268,25 @@ class GapWatch:
 
     def targets(
         self, now_ms: int, feed_alive: bool, held: Iterable[str], orphans: dict[str, int],
-        session: str | None = None,
+        session: str | None = None, stale_ms: int = 0,
     ) -> dict[str, int | None]:  # fmt: skip
         """symbol -> start time (None: the exchange's default window) to fetch now.
-        A new account_feed `session` since the last alive sweep counts as a gap."""
+        A new account_feed `session` since the last alive sweep counts as a gap.
+        `stale_ms`: how long a dead account_feed still reads alive (its heartbeat TTL, in
+        exchange ms): the gap starts that much before the last alive sweep, since that
+        sweep may have read a killed feed's heartbeat (found in the soak: a round trip
+        between the kill and that sweep was never fetched, so never recorded)."""
         out: dict[str, int | None] = {
             s: max(t - self.ORPHAN_LOOKBACK_MS, self.gap_start or 0) for s, t in orphans.items()
         }
+        alive = None if self.alive_ms is None else self.alive_ms - max(0, stale_ms)
         if feed_alive and session is not None and self.session not in (None, session):
-            self.down, self.gap_start = True, self.alive_ms  # restarted/reconnected between
+            self.down, self.gap_start = True, alive  # restarted/reconnected between
         if feed_alive:
             self.session = session
         if not feed_alive:
             if not self.down:
-                self.down, self.gap_start = True, self.alive_ms
+                self.down, self.gap_start = True, alive
             for s in held:
                 out.setdefault(s, self.gap_start)
             return out
