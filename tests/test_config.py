@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, load_settings
+from shared.config import MODE_URLS, ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,8 +71,9 @@ def test_mode_default_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BINANCE_API_KEY", "k" * 64)
     monkeypatch.setenv("BINANCE_API_SECRET", "s" * 64)
     s = load_settings()
-    assert s.exchange.rest_url == "https://fapi.binance.com"
-    assert s.exchange.ws_url == "wss://fstream.binance.com"
+    assert s.exchange.rest_url == MODE_URLS["live"]["rest_url"]
+    assert s.exchange.ws_url == MODE_URLS["live"]["ws_url"]
+    assert s.exchange.rest_url != MODE_URLS["sim"]["rest_url"]
 
 
 @pytest.mark.parametrize(

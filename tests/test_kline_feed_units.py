@@ -64,9 +64,9 @@ def test_chunk_respects_the_per_connection_limit(n: int, size: int) -> None:
 
 def test_stream_names_and_routed_url() -> None:
     assert stream_name("BTCUSDT", "1m") == "btcusdt@kline_1m"
-    url = streams_url("wss://fstream.binance.com/", ["btcusdt@kline_1m", "ethusdt@kline_1m"])
+    url = streams_url("ws://127.0.0.1:8900/", ["btcusdt@kline_1m", "ethusdt@kline_1m"])
     assert (
-        url == "wss://fstream.binance.com/market/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m"
+        url == "ws://127.0.0.1:8900/market/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m"
     )
 
 

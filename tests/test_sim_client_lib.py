@@ -1,7 +1,7 @@
 """A real third-party client, python-binance, pointed at the simulator.
 
 If the simulator's paths, signing, parameters or shapes drifted from Binance's, an
-unmodified library written against fapi.binance.com would break here. Only its base
+unmodified library written against the real exchange would break here. Only its base
 URLs are changed (the library's documented attributes) and its clock offset is set from
 the simulator's `/fapi/v1/time`, as `AsyncClient.create()` does against Binance.
 """
