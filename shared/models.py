@@ -282,6 +282,23 @@ class Balance(_Record):
     def from_hash(cls, h: dict[Any, Any]) -> Balance:
         return cls.from_dict(_hash_in(h))
 
+    @classmethod
+    def from_rest_row(cls, row: Any) -> Balance:
+        """One `/fapi/v3/balance` row (`balance` is the wallet balance; the stream's `bc`
+        has no REST counterpart: 0).  `updated_at` is the row's `updateTime`, 0 if none."""
+        if not isinstance(row, dict):
+            raise MessageError("balance row is not a mapping", excerpt(row))
+        try:
+            return cls(
+                as_str(row["asset"], "asset"),
+                as_decimal(row["balance"], "balance"),
+                as_decimal(row.get("crossWalletBalance", row["balance"]), "crossWalletBalance"),
+                Decimal(0),
+                as_int(row.get("updateTime", 0), "updateTime"),
+            )
+        except KeyError as exc:
+            raise MessageError(f"missing field {exc}", excerpt(row)) from None
+
 
 @dataclass(frozen=True, slots=True)
 class PositionUpdate(_Record):

@@ -13,7 +13,6 @@ from services.rest_fallback.freshness import (
     Episodes,
     Reason,
     alive_instances,
-    balance_from_rest,
     covered_symbols,
     decide_klines,
     heartbeat_alive,
@@ -23,6 +22,7 @@ from services.rest_fallback.freshness import (
     stale_prices,
 )
 from shared.errors import MessageError
+from shared.models import Balance
 
 IV = 60_000
 NOW = 1_800_000_000_000
@@ -113,12 +113,12 @@ def test_episodes_count_each_outage_once() -> None:
     assert e.counts["kline_feed_down"] == 2
 
 
-def test_balance_from_rest() -> None:
+def test_balance_from_rest_row() -> None:
     row = {"accountAlias": "x", "asset": "USDT", "balance": "10000.50", "crossWalletBalance":
            "9990.5", "crossUnPnl": "1", "updateTime": 1700000000000}  # fmt: skip
-    b = balance_from_rest(row)
+    b = Balance.from_rest_row(row)
     assert (b.asset, b.wallet_balance, b.cross_wallet_balance, b.updated_at) == (
         "USDT", Decimal("10000.50"), Decimal("9990.5"), 1700000000000)  # fmt: skip
     for bad in ({"asset": "USDT"}, {**row, "balance": "NaN"}, ["USDT"]):
         with pytest.raises(MessageError):
-            balance_from_rest(bad)  # type: ignore[arg-type]
+            Balance.from_rest_row(bad)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ The shared names are re-exported for the existing importers.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +26,7 @@ from shared.account_cache import (
     position_fields,
     snapshot_writes,
 )
-from shared.errors import MessageError, as_decimal, as_int, as_str, as_symbol, excerpt
+from shared.errors import MessageError, as_int, as_symbol, excerpt
 from shared.models import AccountUpdate, Balance, ConfigUpdate, Position
 
 __all__ = [
@@ -84,26 +85,17 @@ def parse_position_rows(rows: Any) -> tuple[list[Position], int]:
 
 
 def parse_balance_rows(rows: Any, as_of: int) -> tuple[list[Balance], int]:
-    """`/fapi/v3/balance` rows -> balances (`balance` is the wallet balance)."""
+    """`/fapi/v3/balance` rows -> balances timed no earlier than the snapshot `as_of`."""
     if not isinstance(rows, list):
         raise MessageError("balance answer is not a list", excerpt(rows))
     out, bad = [], 0
     for row in rows:
         try:
-            if not isinstance(row, dict):
-                raise MessageError("balance row is not a mapping", excerpt(row))
-            updated = as_int(row.get("updateTime", 0), "updateTime")
-            out.append(
-                Balance(
-                    as_str(row["asset"], "asset"),
-                    as_decimal(row["balance"], "balance"),
-                    as_decimal(row.get("crossWalletBalance", row["balance"]), "cw"),
-                    _ZERO,
-                    max(as_of, updated),
-                )
-            )
-        except (MessageError, KeyError):
+            b = Balance.from_rest_row(row)
+        except MessageError:
             bad += 1
+            continue
+        out.append(replace(b, updated_at=max(as_of, b.updated_at)))
     return out, bad
 
 

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from services.kline_feed.sharding import shard_symbols
-from shared.errors import MessageError, as_decimal, as_int, as_str, excerpt
-from shared.models import Balance
 
 __all__ = [
     "Episodes",
     "Reason",
     "alive_instances",
-    "balance_from_rest",
     "covered_symbols",
     "decide_klines",
     "heartbeat_alive",
@@ -190,21 +186,3 @@ class Episodes:
         for r in self.active.values():
             out[r.value] += 1
         return out
-
-
-def balance_from_rest(row: Mapping[str, Any]) -> Balance:
-    """One `/fapi/v3/balance` row as the `balance:<ASSET>` cache record (the user-data
-    stream's `bc` has no REST counterpart: 0).  `updated_at` is the row's `updateTime`,
-    0 when it has none: `Snapshot(floor=False)` then times it by the request's time."""
-    if not isinstance(row, Mapping):
-        raise MessageError("balance row must be a mapping", excerpt(row))
-    try:
-        return Balance(
-            as_str(row["asset"], "asset"),
-            as_decimal(row["balance"], "balance"),
-            as_decimal(row["crossWalletBalance"], "crossWalletBalance"),
-            Decimal(0),
-            as_int(row.get("updateTime", 0), "updateTime"),
-        )
-    except KeyError as exc:
-        raise MessageError(f"missing field {exc}", excerpt(row)) from None

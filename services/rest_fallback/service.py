@@ -39,14 +39,13 @@ from shared.binance.client import BinanceClient
 from shared.binance.errors import ExchangeError
 from shared.errors import MessageError
 from shared.kline_publisher import Backfiller, KlinePublisher, interval_ms
-from shared.models import Position
+from shared.models import Balance, Position
 from shared.runtime import Service
 
 from .freshness import (
     Episodes,
     Reason,
     alive_instances,
-    balance_from_rest,
     covered_symbols,
     decide_klines,
     heartbeat_alive,
@@ -226,7 +225,7 @@ class RestFallbackService(Service):
             risk = await client.position_risk()
             balances = await client.balance()
             rows = tuple(Position.from_position_risk(r) for r in risk)
-            bals = tuple(balance_from_rest(b) for b in balances)
+            bals = tuple(Balance.from_rest_row(b) for b in balances)
         except (*ERRORS, KeyError, TypeError, ValueError) as exc:
             self.counters["errors"] += 1
             log.warning("account refresh failed", extra={"error": repr(exc)})
