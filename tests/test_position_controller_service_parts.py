@@ -35,6 +35,7 @@ from services.position_controller.rules import (
     Urgency,
     close_intents,
 )
+from shared.account_cache import AccountCache, PositionWrite
 from shared.binance.client import BinanceClient
 from shared.codec import decode_event
 from shared.errors import MessageError
@@ -158,13 +159,13 @@ async def test_outbox_writes_a_trade_once_and_replaces_cache_hashes(
     first.trade(trade())
     first.trade(trade())  # the same trade twice in one batch
     pos = Position("BTCUSDT", D(1), D(100), D(100), D(0), "cross", D(0), 10, 5)
-    first.position("BTCUSDT", pos)
+    first.position("BTCUSDT", pos, 10)
     first.state(b'{"v":1}')
     assert not first.state(b'{"v":1}')  # coalesced
     await first.flush()
     second = Outbox(redis_client, keys, lambda s: 1000)  # a restarted process
     second.trade(trade())
-    second.position("BTCUSDT", None)
+    second.position("BTCUSDT", None, 20)
     await second.flush()
     entries = await redis_client.xrange(keys.stream_trades)
     assert len(entries) == 1
@@ -175,6 +176,30 @@ async def test_outbox_writes_a_trade_once_and_replaces_cache_hashes(
     assert second.counters["trades_duplicate"] == 1
     assert not await redis_client.exists(keys.position("BTCUSDT"))
     assert await redis_client.get(keys.pc_state) == b'{"v":1}'
+
+
+async def test_outbox_cache_repairs_follow_the_account_cache_event_time_rule(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """A sweep repair older than what account_feed wrote is dropped, a newer one applied,
+    and the repair keeps the leverage it knows (one writer: shared.account_cache)."""
+    keys = Keys(prefix)
+    feed_pos = Position("BTCUSDT", D(2), D(100), D(100), D(0), "cross", D(0), 20, 50)
+    await AccountCache(redis_client, keys).apply([PositionWrite("BTCUSDT", 50, feed_pos)])
+    box = Outbox(redis_client, keys, lambda s: 1000)
+    stale = Position("BTCUSDT", D(1), D(100), D(100), D(0), "cross", D(0), 10, 40)
+    box.position("BTCUSDT", stale, 40)  # the sweep's REST snapshot predates the event
+    await box.flush()
+    cached = Position.from_hash(await redis_client.hgetall(keys.position("BTCUSDT")))
+    assert cached.size == D(2)
+    newer = Position("BTCUSDT", D(3), D(101), D(101), D(0), "cross", D(0), 15, 60)
+    box.position("BTCUSDT", newer, 60)
+    await box.flush()
+    cached = Position.from_hash(await redis_client.hgetall(keys.position("BTCUSDT")))
+    assert (cached.size, cached.leverage) == (D(3), 15)
+    box.position("BTCUSDT", None, 55)  # an older "flat" cannot delete the newer position
+    await box.flush()
+    assert await redis_client.exists(keys.position("BTCUSDT"))
 
 
 async def test_outbox_keeps_everything_while_redis_is_unreachable(prefix: str) -> None:

@@ -157,7 +157,7 @@ class Executor:
             elif isinstance(a, ProtectionDecision):
                 sends.append(self._protection(a, now_ms))
             elif isinstance(a, CacheRepair):
-                self.outbox.position(a.symbol, a.position)
+                self.outbox.position(a.symbol, a.position, now_ms)
                 detail = {"kind": a.kind.value, "reason": a.reason}
                 self.risk("state_repair", a.symbol, now_ms, detail)
             elif isinstance(a, TradeClosed):

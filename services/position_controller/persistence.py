@@ -14,6 +14,8 @@ transaction and kept on a Redis error, so a brief Redis outage delays writes ins
 losing them, and the close orders (REST only) never wait for Redis.  A closed trade is
 written by a Lua script that SADDs its id to `Keys.trades_recorded` and XADDs it only when
 the id was new: a replay or a crash between the two can never write a trade twice.
+Position-cache repairs go through `shared.account_cache`'s script (the event-time rule
+of the cache's one writer), queued in the same transaction.
 Log entries are dropped (counted) past `max_ops`; trades, repairs and the state are not.
 """
 
@@ -32,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.account_cache import APPLY_LUA, LeverageWrite, PositionWrite, Write, build_call
 from shared.codec import encode_event
 from shared.errors import MessageError, excerpt
 from shared.keys import Keys
@@ -159,7 +162,7 @@ async def load_sent_orders(
 
 @dataclass(slots=True)
 class _Op:
-    kind: str  # xadd | trade | hash | hset
+    kind: str  # xadd | trade | account | hset
     key: str
     payload: Any
     extra: Any = None
@@ -189,6 +192,7 @@ class Outbox:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._record_trade = redis.register_script(RECORD_TRADE_LUA)
+        self._apply_account = redis.register_script(APPLY_LUA)
         self.counters = dict.fromkeys(
             ("written", "dropped", "errors", "trades_recorded", "trades_duplicate",
              "states_saved"), 0,
@@ -209,10 +213,15 @@ class Outbox:
                               event_time=trade.exit_time)  # fmt: skip
         self._add(_Op("trade", trade.trade_id, fields))
 
-    def position(self, symbol: str, position: Position | None) -> None:
-        """Replace the symbol's position-cache hash (delete it when None)."""
-        payload = None if position is None or position.size == 0 else position.to_hash()
-        self._add(_Op("hash", self.keys.position(symbol), payload))
+    def position(self, symbol: str, position: Position | None, event_time: int) -> None:
+        """Set the symbol's position-cache hash as of `event_time` (delete it when None or
+        flat), through `shared.account_cache`'s one writer: a repair older than what
+        account_feed has already written is dropped there, never applied over it."""
+        flat = position is None or position.size == 0
+        writes: list[Write] = [PositionWrite(symbol, event_time, None if flat else position)]
+        if not flat and position is not None and position.leverage is not None:
+            writes.append(LeverageWrite(symbol, event_time, position.leverage))
+        self._add(_Op("account", symbol, writes))
 
     def hset(self, key: str, name: str, value: bytes | str) -> None:
         self._add(_Op("hset", key, value, name))
@@ -290,11 +299,10 @@ class Outbox:
             await self._record_trade(keys=[self.keys.trades_recorded, stream],
                                      args=[op.key, self.maxlen(stream), *fields], client=pipe)  # fmt: skip
             return 1
-        if op.kind == "hash":
-            pipe.delete(op.key)
-            if op.payload:
-                pipe.hset(op.key, mapping=op.payload)
-                return 2
+        if op.kind == "account":
+            stream = self.keys.stream_account
+            script_keys, args = build_call(self.keys, op.payload, (), self.maxlen(stream))
+            await self._apply_account(keys=script_keys, args=args, client=pipe)
             return 1
         pipe.hset(op.key, op.extra, op.payload)
         return 1

@@ -364,7 +364,7 @@ class PositionControllerService(Service):
             detail = {"kind": diff.kind.value, "reason": diff.detail}
             self.executor.risk("cache_diff", diff.symbol, now, detail)
         for repair in result.repairs:
-            self.outbox.position(repair.symbol, repair.position)
+            self.outbox.position(repair.symbol, repair.position, now)
 
     # ---- carrying out actions -------------------------------------------------------
     async def _execute(self, actions: Iterable[Action], now: int) -> None:
