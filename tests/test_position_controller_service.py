@@ -593,6 +593,46 @@ async def test_a_manual_close_and_a_liquidation_each_give_one_trade(
     assert orders_with_prefix(sim, "pc-") == []  # a late close of ours found nothing to reduce
 
 
+# ---- orphaned legs: a closed position's stop/target is cancelled (Binance does not) ----
+
+
+async def place_legs(sim: SimServer, client: BinanceClient, entry: D, tag: str) -> None:
+    for cid, otype, f in ((f"slt-s-{tag}", "STOP_MARKET", "0.97"),
+                          (f"slt-t-{tag}", "TAKE_PROFIT_MARKET", "1.05")):  # fmt: skip
+        await client.new_algo_order(symbol=BTC, side="SELL", type=otype, closePosition=True,
+                                    triggerPrice=str(tick(sim, BTC, entry * D(f))),
+                                    clientAlgoId=cid)  # fmt: skip
+
+
+async def test_a_closed_positions_legs_are_cancelled_and_a_new_positions_kept(
+    sim: SimServer, client: BinanceClient, relay: UserStreamRelay, redis_url: str,
+    prefix: str, redis_client: aioredis.Redis,
+) -> None:  # fmt: skip
+    settings = pc_settings(sim, redis_url, prefix, risk={"protection_grace": 600})
+    async with running_service(settings) as svc:
+        await open_long(client)
+        await tracked(svc)
+        await place_legs(sim, client, svc.core.positions[BTC].entry_price, "old")
+        assert set(await algo_ids(client, BTC)) == {"slt-s-old", "slt-t-old"}
+        await client.new_order(symbol=BTC, side="SELL", type="MARKET", quantity=QTY,
+                               reduceOnly="true", newClientOrderId="by-hand-1")  # fmt: skip
+        await until(lambda: svc.executor.counters["orphans_cancelled"] == 2, 5)
+        assert await algo_ids(client, BTC) == {}
+        # a new position and its own legs: the next sweeps leave them alone
+        await open_long(client)
+        await tracked(svc)
+        await place_legs(sim, client, svc.core.positions[BTC].entry_price, "new")
+        sweeps = svc.c["sweeps"]
+        await until(lambda: svc.c["sweeps"] >= sweeps + 2, 5)
+        assert set(await algo_ids(client, BTC)) == {"slt-s-new", "slt-t-new"}
+        assert svc.executor.counters["orphans_cancelled"] == 2
+        await until(lambda: svc.outbox.pending == 0, 5)
+    risk = [d for t, d in await stream_events(redis_client, Keys(prefix).stream_risk)
+            if t == "orphan_cancel"]  # fmt: skip
+    assert sorted(d["client_algo_id"] for d in risk) == ["slt-s-old", "slt-t-old"]
+    assert {d["outcome"] for d in risk} == {"cancelled"}
+
+
 # ---- with the real account_feed ---------------------------------------------------------------
 
 

@@ -11,7 +11,8 @@ reconciliation against REST rows, re-sending unanswered closes).
 
 Actions out (`Action`): `ExitDecision` (send its reduce-only MARKET close),
 `ProtectionDecision` (place its conditional orders), `CacheRepair` (write/delete the
-position hash), `TradeClosed` (publish the closed trade).  A sweep lists IMMEDIATE closes
+position hash), `TradeClosed` (publish the closed trade), `OrphanCheck` (cancel the
+stop/target a closed position left behind: orphans.py).  A sweep lists IMMEDIATE closes
 first.
 
 Exactly once: a position is identified by (symbol, open time); its close ids are
@@ -31,6 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.position_controller.ledger import Ledger
+from services.position_controller.orphans import OrphanCheck, orphaned
 from services.position_controller.protection import (
     ProtectiveOrder,
     check_protection,
@@ -75,7 +77,7 @@ class TradeClosed:
     trade: ClosedTrade
 
 
-Action = ExitDecision | ProtectionDecision | CacheRepair | TradeClosed
+Action = ExitDecision | ProtectionDecision | CacheRepair | TradeClosed | OrphanCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class CoreConfig:
     reconcile_grace_ms: int = 5_000
     entry_rel_tol: Decimal = Decimal("1e-6")
     quote_asset: str = "USDT"
+    orphan_grace_ms: int = 60_000  # sweep: a close-only order on a symbol never seen flat
 
     @classmethod
     def from_settings(cls, s: Settings) -> CoreConfig:
@@ -129,6 +132,7 @@ class CoreCounters:
     closed_externally: int = 0
     reconciliations: int = 0
     repairs: int = 0
+    orphan_checks: int = 0
 
 
 def _dec(price: Decimal | float | str) -> Decimal:
@@ -159,6 +163,8 @@ class PositionControllerCore:
         self._trend: dict[str, TrendView] = {}
         self._atr: dict[str, float] = {}
         self._liq: dict[str, Decimal] = {}
+        self._flat_since: dict[str, int] = {}  # symbol -> when its position went flat
+        self._orphan_sent: dict[str, int] = {}  # symbol -> last sweep OrphanCheck (ms)
         self._contexts = MarketContextBank()
         self.counters = CoreCounters()
         self.last_reconcile: ReconcileResult | None = None
@@ -257,6 +263,8 @@ class PositionControllerCore:
             if pu.amount == 0:
                 self._tracked.pop(sym, None)
                 self._liq.pop(sym, None)
+                if tr is not None:
+                    actions += self._went_flat(sym, update.transaction_time or update.event_time)
                 continue
             lev = self._leverage.get(sym) or (tr.position.leverage if tr else None)
             pos = Position.from_update(pu, update.event_time, lev)
@@ -349,6 +357,8 @@ class PositionControllerCore:
                 actions += exits
                 continue
             actions += self._protect(sym, orders.get(sym, []), now_ms)
+        if orders is not None and exchange_positions is not None:
+            actions += self._sweep_orphans(orders, now_ms)
         actions.sort(key=lambda a: getattr(a, "urgency", None) is not Urgency.IMMEDIATE)
         return actions
 
@@ -387,7 +397,36 @@ class PositionControllerCore:
         # The last sweep's liquidation price belonged to the old position: a new one must
         # not be closed on it (the next sweep brings the new position's price).
         self._liq.pop(pos.symbol, None)
+        self._flat_since.pop(pos.symbol, None)
         self._tracked[pos.symbol] = _Tracked(pos, opened_ms, pos.entry_price, adopted)
+
+    def recently_flat(self, now_ms: int, window_ms: int = 600_000) -> bool:
+        """A position closed within `window_ms`: the sweep should look for its legs."""
+        return any(t > now_ms - window_ms for t in self._flat_since.values())
+
+    def _went_flat(self, symbol: str, since: int) -> list[Action]:
+        """A tracked position is gone: its stop/target legs are orphans from now on."""
+        self._flat_since[symbol] = since
+        self.counters.orphan_checks += 1
+        return [OrphanCheck(symbol, since)]
+
+    def _sweep_orphans(self, orders: Mapping[str, list[ProtectiveOrder]], now_ms: int
+                       ) -> list[Action]:  # fmt: skip
+        """Close-only orders on untracked symbols (the snapshot has been reconciled, so
+        untracked means flat on the exchange), created before the symbol went flat (or,
+        when that moment is unknown, longer than `orphan_grace_ms` ago)."""
+        out: list[Action] = []
+        retry = self.config.close_retry_ms
+        for sym in sorted(orders):
+            if sym in self._tracked or now_ms - self._orphan_sent.get(sym, -retry) < retry:
+                continue
+            since = self._flat_since.get(sym, now_ms - self.config.orphan_grace_ms)
+            found = orphaned(orders[sym], sym, since)
+            if found:
+                self._orphan_sent[sym] = now_ms
+                self.counters.orphan_checks += 1
+                out.append(OrphanCheck(sym, since, tuple(found)))
+        return out
 
     def _evaluate(self, symbol: str, now_ms: int) -> list[Action]:
         tr = self._tracked.get(symbol)
@@ -453,10 +492,11 @@ class PositionControllerCore:
     def _apply_repair(self, repair: CacheRepair, now_ms: int, as_of: int | None) -> list[Action]:
         sym, pos = repair.symbol, repair.position
         if pos is None:
-            self._tracked.pop(sym, None)
+            was_tracked = self._tracked.pop(sym, None) is not None
             self._liq.pop(sym, None)
             self._last_event[sym] = max(self._last_event.get(sym, 0), now_ms)
-            return self._close_external(sym, now_ms, as_of)
+            flat = self._went_flat(sym, now_ms) if was_tracked else []
+            return self._close_external(sym, now_ms, as_of) + flat
         self._last_event[sym] = max(self._last_event.get(sym, 0), pos.updated_at)
         if repair.kind is DiffKind.MISSING_IN_CACHE:
             self.counters.adopted += 1

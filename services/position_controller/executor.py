@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from services.position_controller.core import Action, TradeClosed
+from services.position_controller.orphans import OrphanCheck, orphaned
 from services.position_controller.persistence import Outbox, SentOrder
 from services.position_controller.reconcile import CacheRepair
 from services.position_controller.rules import ExitDecision, ProtectionDecision
@@ -140,7 +141,8 @@ class Executor:
         self.on_flat = on_flat
         self.counters = dict.fromkeys(
             ("closes_sent", "protections_replaced", "duplicates_suppressed",
-             "unknown_outcomes", "retries", "risk_actions", "trades_closed"), 0,
+             "unknown_outcomes", "retries", "risk_actions", "trades_closed",
+             "orphans_cancelled"), 0,
         )  # fmt: skip
         self.outcomes = {o.value: 0 for o in Outcome}
         self.last_close_latency_ms: float | None = None
@@ -163,6 +165,8 @@ class Executor:
             elif isinstance(a, TradeClosed):
                 self.outbox.trade(a.trade)
                 self.counters["trades_closed"] += 1
+            elif isinstance(a, OrphanCheck):
+                sends.append(self.cancel_orphans(a, now_ms))
         if sends:
             await asyncio.gather(*sends)
 
@@ -252,6 +256,32 @@ class Executor:
             self._log(intent, "algoOrder", params, res, decision.rule.value, now_ms)
             out.append(res)
         return out
+
+    async def cancel_orphans(self, check: OrphanCheck, now_ms: int) -> None:
+        """Cancel the stop/target legs a closed position left behind (orphans.py); a
+        failure is logged and left to the next sweep."""
+        found: tuple[Any, ...] = check.orders
+        if not found:
+            try:
+                rows = await self.client.open_algo_orders(check.symbol)
+            except ExchangeError as exc:
+                log.warning("open algo orders of %s: %s", check.symbol, exc)
+                return
+            found = tuple(orphaned(rows, check.symbol, check.flat_since))
+        for o in found:
+            ref = {"algo_id": o.algo_id} if o.algo_id else {"client_algo_id": o.client_id}
+            try:
+                await retry_async(lambda r=ref: self.client.cancel_algo_order(**r),  # type: ignore[misc]
+                                  self.attempts, 0.05, 0.5, should_retry=_retry_known,
+                                  on_retry=self._on_retry)  # fmt: skip
+                outcome = "cancelled"
+                self.counters["orphans_cancelled"] += 1
+            except ExchangeError as exc:  # gone already (triggered, expired): nothing left
+                outcome = f"failed: {exc}"
+            self.risk("orphan_cancel", check.symbol, now_ms, {
+                "client_algo_id": o.client_id, "algo_id": o.algo_id, "order_type": o.order_type,
+                "created": o.create_time, "flat_since": check.flat_since, "outcome": outcome,
+            })  # fmt: skip
 
     # ---- sending --------------------------------------------------------------------
     async def _call(

@@ -52,11 +52,14 @@ class ProtectiveOrder:
     reduce_only: bool
     client_id: str = ""
     status: str = "NEW"
+    algo_id: int = 0
+    create_time: int = 0  # exchange ms; 0: unknown (never newer than a flat time)
 
     @classmethod
     def from_algo_update(cls, u: AlgoUpdate) -> ProtectiveOrder:
         return cls(u.symbol, u.order_type, u.side, u.trigger_price, u.close_position,
-                   u.reduce_only, u.client_algo_id, u.status)  # fmt: skip
+                   u.reduce_only, u.client_algo_id, u.status, u.algo_id,
+                   u.transaction_time)  # fmt: skip
 
     @classmethod
     def from_rest(cls, row: Mapping[str, Any]) -> ProtectiveOrder:
@@ -71,6 +74,7 @@ class ProtectiveOrder:
             str(row["side"]), Decimal(str(trig or "0")), flag("closePosition"),
             flag("reduceOnly"), str(row.get("clientAlgoId", row.get("clientOrderId", ""))),
             str(row.get("algoStatus", row.get("status", "NEW"))),
+            int(row.get("algoId") or 0), int(row.get("createTime") or row.get("time") or 0),
         )  # fmt: skip
 
 

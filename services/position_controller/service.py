@@ -300,7 +300,9 @@ class PositionControllerService(Service):
         now = await self.sources.exchange_now()
         snapshot = await self.sources.position_risk()
         held = self.core.positions or snapshot is None or any(p.size for p in snapshot.positions)
-        algos = await self.sources.algo_orders() if held else []  # weight 40: only if needed
+        # weight 40: only if a position needs protection or a closed one may have left legs
+        watch = held or not self.c["sweeps"] or self.core.recently_flat(now)
+        algos = await self.sources.algo_orders() if watch else []
         if not self.core.filters:
             await self._load_filters()
         self.feed_alive, session = await self.sources.feed_state()  # before _replay_gaps
