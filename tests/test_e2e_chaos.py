@@ -167,3 +167,15 @@ async def test_secret_scan_finds_planted_values(tmp_path: Path, redis_client: ai
 # one round trip closed on the exchange during a REST 5xx burst + open breakers was never
 # recorded by the position controller (issue #11 stays open until that is fixed and the
 # run is back here, green every time). The checks it relies on are tested above.
+
+
+def test_cache_figures_flag_a_stop_left_on_a_flat_symbol() -> None:
+    stop = {"symbol": "AAAUSDT", "side": "SELL", "orderType": "STOP_MARKET",
+            "closePosition": True, "triggerPrice": "9", "clientAlgoId": "slt-s-x"}  # fmt: skip
+    pos = [{"symbol": "AAAUSDT", "positionAmt": "5", "entryPrice": "10", "leverage": "5",
+            "notional": "50"}]  # fmt: skip
+    held = checks.cache_figures(ExchangeSnapshot.from_rows(0, pos, [stop], []), [], 0.0)
+    flat = checks.cache_figures(ExchangeSnapshot.from_rows(0, [], [stop], []), [], 0.0)
+    assert all(f.ok for f in held)
+    (bad,) = [f for f in flat if not f.ok]
+    assert bad.name == "stop/target orders left on flat symbols" and bad.value == 1

@@ -80,13 +80,19 @@ def cache_diffs(snap: ExchangeSnapshot, positions: Mapping[str, Mapping[bytes, b
 
 
 def cache_figures(snap: ExchangeSnapshot, diffs: list[str], settle_s: float) -> list[Figure]:
+    """Caches against the exchange, and no close-only leg left behind by a closed
+    position (it would close the symbol's next position at the old level)."""
     s = "caches"
+    orphans = [f"{a.symbol} {a.order_type} {a.client_id}" for a in snap.algos
+               if a.symbol not in snap.positions and (a.close_position or a.reduce_only)]  # fmt: skip
     return [
         info(s, "open positions on the exchange", len(snap.positions)),
         info(s, "exchange wallet (USDT)", str(snap.balances.get("USDT"))),
         exact(s, "positions/balances differing from exchange", len(diffs), 0,
               "; ".join(diffs[:3])),
         info(s, "seconds to converge after the last event", round(settle_s, 2)),
+        exact(s, "stop/target orders left on flat symbols", len(orphans), 0,
+              ", ".join(orphans[:3])),
     ]  # fmt: skip
 
 
