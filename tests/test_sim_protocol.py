@@ -439,3 +439,35 @@ def test_weight_accounting(weights: list[int], limit: int) -> None:
         first = statuses.index(429)
         assert all(s == 200 for s in statuses[:first])
         assert all(s == 418 for s in statuses[first + 1 :])
+
+
+async def test_user_trades_windows_as_binance_answers_them(rest: Rest, sim: SimServer) -> None:
+    """startTime -> the first `limit` from then on; fromId -> from that id; neither -> the
+    last `limit`; fromId with a time and windows over 7 days are refused."""
+    times = []
+    for _ in range(4):
+        await rest.call("POST", "/fapi/v1/order", signed=True, symbol="BTCUSDT", side="BUY",
+                        type="MARKET", quantity="0.010")  # fmt: skip
+        times.append(sim.clock.now_ms())
+        sim.clock.advance(60_000)
+
+    async def trades(**params: Any) -> list[dict[str, Any]]:
+        status, body, _ = await rest.call("GET", "/fapi/v1/userTrades", signed=True,
+                                          symbol="BTCUSDT", **params)  # fmt: skip
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    every = await trades()
+    assert [t["time"] for t in every] == times
+    ids = [t["id"] for t in every]
+    assert [t["id"] for t in await trades(limit=2)] == ids[-2:]
+    assert [t["id"] for t in await trades(startTime=times[1], limit=2)] == ids[1:3]
+    assert [t["id"] for t in await trades(startTime=times[1], endTime=times[2])] == ids[1:3]
+    assert [t["id"] for t in await trades(endTime=times[1])] == ids[:2]
+    assert [t["id"] for t in await trades(fromId=ids[2])] == ids[2:]
+    status, body, _ = await rest.call("GET", "/fapi/v1/userTrades", signed=True,
+                                      symbol="BTCUSDT", fromId=ids[0], startTime=times[0])  # fmt: skip
+    assert_error(status, body, 400, -1128)
+    status, body, _ = await rest.call("GET", "/fapi/v1/userTrades", signed=True, symbol="BTCUSDT",
+                                      startTime=times[0], endTime=times[0] + 8 * 86_400_000)  # fmt: skip
+    assert_error(status, body, 400, -1127)

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from .auth import ApiError, SimAccount, missing_param, parse_params
-from .engine.errors import EngineReject
+from .engine.errors import EngineReject, invalid_param
 from .specs import exchange_info, leverage_brackets
 
 if TYPE_CHECKING:
@@ -51,6 +51,15 @@ class Ctx:
         if value is None or value == "":
             raise missing_param(name)
         return value
+
+    def opt_int(self, name: str) -> int | None:
+        """An optional integer parameter (None when absent); malformed -> -1130."""
+        value = self.params.get(name)
+        if value is None or value == "":
+            return None
+        if not value.lstrip("-").isdigit():
+            raise invalid_param(name)
+        return int(value)
 
     @property
     def account_id(self) -> str:
@@ -195,7 +204,9 @@ def user_trades(ctx: Ctx) -> Any:
     symbol = ctx.require("symbol").upper()
     raw = ctx.params.get("limit", "500")
     limit = int(raw) if raw.isdigit() and 1 <= int(raw) <= 1000 else 500
-    return ctx.sim.exchange.user_trades(ctx.account_id, symbol, limit)
+    start, end, from_id = (ctx.opt_int(k) for k in ("startTime", "endTime", "fromId"))
+    return ctx.sim.exchange.user_trades(ctx.account_id, symbol, limit, start=start, end=end,
+                                        from_id=from_id, now_ms=ctx.now_ms)  # fmt: skip
 
 
 def leverage_bracket(ctx: Ctx) -> Any:

@@ -134,7 +134,7 @@ class Account:
     closed_algos: OrderedDict[int, AlgoOrder] = field(default_factory=OrderedDict)
     algo_client_ids: dict[str, int] = field(default_factory=dict)
     ledger: Ledger = field(default_factory=Ledger)
-    trades: deque[dict] = field(default_factory=lambda: deque(maxlen=1000))  # userTrades rows
+    trades: deque[dict] = field(default_factory=lambda: deque(maxlen=50_000))  # userTrades rows
     update_time: int = 0
     default_leverage: int = 20
     cross_cache: list[Position] | None = None  # open cross positions; None = stale

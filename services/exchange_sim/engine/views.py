@@ -11,9 +11,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from .errors import reject
 from .events import price_str, qty_str
 from .margin import ZERO, break_even_price, fmt, fmt_money, fmt_plain, maint_margin, unrealized_pnl
 from .models import Account, AlgoOrder, Book, Order, Position
+
+WEEK_MS = 7 * 24 * 3_600_000
 
 
 class ViewMixin:
@@ -312,11 +315,30 @@ class ViewMixin:
         }
 
     # ------------------------------------------------------------------- misc
-    def user_trades(self, account_id: str, symbol: str, limit: int = 500) -> list[dict[str, Any]]:
-        """`GET /fapi/v1/userTrades` (most recent `limit`, oldest first; last 1000 kept)."""
+    def user_trades(
+        self, account_id: str, symbol: str, limit: int = 500, *, start: int | None = None,
+        end: int | None = None, from_id: int | None = None, now_ms: int | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """`GET /fapi/v1/userTrades`, oldest first, as Binance answers it: `fromId` -> the
+        first `limit` trades from that id; `startTime` -> the first `limit` in
+        [start, min(end, start + 7 d)]; `endTime` alone -> the last `limit` in
+        [end - 7 d, end]; neither -> the last `limit` of the past 7 days.  fromId with a
+        time is -1128; a window over 7 days is -1127."""
+        if from_id is not None and (start is not None or end is not None):
+            raise reject(-1128, "Combination of optional parameters invalid.")
+        if start is not None and end is not None and not 0 <= end - start <= WEEK_MS:
+            raise reject(-1127, "More than 168 hours between startTime and endTime.")
         acct = self._account(account_id)  # type: ignore[attr-defined]
         rows = [t for t in acct.trades if t["symbol"] == symbol]
-        return rows[-limit:]
+        if from_id is not None:
+            return [t for t in rows if t["id"] >= from_id][:limit]
+        if start is not None:
+            hi = start + WEEK_MS if end is None else end
+            return [t for t in rows if start <= t["time"] <= hi][:limit]
+        hi = end if end is not None else now_ms
+        if hi is None:  # an engine caller without a clock: every trade kept
+            return rows[-limit:]
+        return [t for t in rows if hi - WEEK_MS <= t["time"] <= hi][-limit:]
 
     def premium_index(self, symbol: str, ts_ms: int) -> dict[str, Any]:
         """`GET /fapi/v1/premiumIndex` for one symbol (index = mark in the simulator)."""
