@@ -35,6 +35,7 @@ from services.position_controller.rules import (
     Urgency,
     close_intents,
 )
+from services.position_controller.sources import Sources
 from shared.account_cache import AccountCache, PositionWrite
 from shared.binance.client import BinanceClient
 from shared.codec import decode_event
@@ -336,3 +337,23 @@ def test_the_fills_since_the_position_opened_are_found_walking_back(
     rnd.shuffle(shuffled)  # type: ignore[attr-defined]
     got = fills_since_open(shuffled, D(size))
     assert got == (None if flipped else fills[start:])
+
+
+async def test_gap_fills_read_every_page_of_a_busy_gap(
+    sim: SimServer, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """Binance answers userTrades with the first 1000 rows from startTime: 2,150 fills
+    since the gap started come back whole, each once, in order."""
+    start = sim.clock.now_ms()
+    for i in range(2150):
+        side = "BUY" if i % 2 == 0 else "SELL"
+        sim.exchange.place_order(sim.demo_key, {"symbol": "BTCUSDT", "side": side,
+                                                "type": "MARKET", "quantity": "0.010"},
+                                 sim.clock.now_ms())  # fmt: skip
+    async with BinanceClient.from_credentials(sim.rest_url, sim.demo_key, sim.demo_secret) as c:
+        rows = await Sources(redis_client, Keys(prefix), c, {}).user_trades_since("BTCUSDT", start)
+        one = await c.user_trades("BTCUSDT", start_time=start, limit=1000)
+    assert len(one) == 1000  # a single call stops there
+    assert rows is not None and len(rows) == 2150
+    ids = [r["id"] for r in rows]
+    assert ids == sorted(set(ids))

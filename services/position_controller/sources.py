@@ -37,6 +37,7 @@ from shared.keys import Keys
 from shared.models import DecisionRecord, Kline, OrderUpdate, Position
 
 log = logging.getLogger(__name__)
+_MAX_TRADE_PAGES = 20  # 20,000 fills of one symbol in one gap: far beyond any real one
 
 DECISION_MEMORY = 20_000
 DECISION_RETRY_S = 5.0
@@ -163,11 +164,8 @@ class Sources:
         ledger has not applied yet each completed by its order (`GET /fapi/v1/order`,
         weight 1, once per order: client id, type, reduce-only) - None when the REST call
         failed.  Rows before `start_ms` are dropped here too (a server may ignore it)."""
-        rows = await self.rest(self.client.user_trades(symbol, start_time=start_ms, limit=1000))
+        rows = await self.user_trades_since(symbol, start_ms)
         if rows is None:
-            return None
-        if not isinstance(rows, list):
-            self.c["bad_messages"] += 1
             return None
         orders: dict[int, dict[str, Any]] = {}
         out = []
@@ -186,6 +184,29 @@ class Sources:
                 orders[bare.order_id] = found if isinstance(found, dict) else {}
             out.append(user_trade_fill(row, orders[bare.order_id]))
         return out
+
+    async def user_trades_since(self, symbol: str, start_ms: int | None) -> list[Any] | None:
+        """Every userTrades row since `start_ms`: Binance answers the first 1000 from the
+        start, so a busy gap is read page by page (next page from the last row's time;
+        rows seen twice are dropped by id).  None when a call failed."""
+        rows: list[Any] = []
+        seen: set[Any] = set()
+        start = start_ms
+        for _ in range(_MAX_TRADE_PAGES):
+            page = await self.rest(self.client.user_trades(symbol, start_time=start, limit=1000))
+            if page is None:
+                return None
+            if not isinstance(page, list):
+                self.c["bad_messages"] += 1
+                return None
+            fresh = [r for r in page if not (isinstance(r, dict) and r.get("id") in seen)]
+            seen.update(r.get("id") for r in fresh if isinstance(r, dict))
+            rows += fresh
+            last = page[-1].get("time") if page and isinstance(page[-1], dict) else None
+            if len(page) < 1000 or not fresh or not isinstance(last, int) or start is None:
+                break
+            start = last
+        return rows
 
     async def feed_alive(self) -> bool:
         """Is account_feed's heartbeat there and `ok` (so its cache is current)?"""
