@@ -17,7 +17,6 @@ entry invalidation (level crossed), no progress, counter-trend, time stop.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from services.position_controller.order_ids import close_order_id, reason_from_order_id
 from shared.config import Settings
 from shared.filters import SymbolFilters
 from shared.market_context import MarketContext
@@ -59,59 +59,6 @@ _EXIT_REASONS = {"liquidation_guard": "emergency", "no_progress": "invalidation"
 class Urgency(StrEnum):
     IMMEDIATE = "immediate"  # send before anything else (emergency)
     NORMAL = "normal"
-
-
-# ---- client order ids --------------------------------------------------------------------
-
-# Two-letter codes keep ids short: `pc-<code>-<SYMBOL>-<open time base36>`.
-REASON_CODES: dict[str, str] = {
-    "emergency": "em",
-    "invalidation": "iv",
-    "counter_trend": "ct",
-    "time_stop": "ts",
-    "stop_loss": "sl",
-    "take_profit": "tp",
-    "protect_stop": "ps",
-    "protect_take_profit": "pt",
-}
-CODE_REASONS = {v: k for k, v in REASON_CODES.items()}
-ID_PREFIX = "pc-"
-_MAX_SYMBOL_IN_ID = 18  # 3 + 2 + 1 + 18 + 1 + 9 (base36 ms) + 2 (split suffix) <= 36
-
-
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    if n <= 0:
-        return "0"
-    out = []
-    while n:
-        n, r = divmod(n, 36)
-        out.append(digits[r])
-    return "".join(reversed(out))
-
-
-def close_order_id(symbol: str, position_open_time_ms: int, reason: str) -> str:
-    """Deterministic client order id of a controller order for one position and reason.
-
-    The same (symbol, open time, reason) always gives the same id, so a close decided
-    twice, or re-sent after a restart, is one order at the exchange.  A symbol too long
-    for the 36-character limit is replaced by a short hash (the fill still names it)."""
-    code = REASON_CODES.get(reason)
-    if code is None:
-        raise ValueError(f"unknown close reason {reason!r}; known: {sorted(REASON_CODES)}")
-    sym = symbol
-    if len(sym) > _MAX_SYMBOL_IN_ID:
-        sym = "h" + hashlib.blake2b(symbol.encode(), digest_size=5).hexdigest()
-    return f"{ID_PREFIX}{code}-{sym}-{_base36(position_open_time_ms)}"
-
-
-def reason_from_order_id(client_order_id: str) -> str | None:
-    """The reason encoded in one of our ids (`close_order_id`), else None."""
-    if not client_order_id.startswith(ID_PREFIX):
-        return None
-    code = client_order_id[len(ID_PREFIX) : len(ID_PREFIX) + 2]
-    dash = client_order_id[len(ID_PREFIX) + 2 : len(ID_PREFIX) + 3]
-    return CODE_REASONS.get(code) if dash == "-" else None
 
 
 # ---- inputs ------------------------------------------------------------------------------
