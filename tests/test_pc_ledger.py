@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.position_controller.inputs import user_trade_fill
-from services.position_controller.ledger import Ledger, exit_reason
+from services.position_controller.ledger import Ledger
+from services.position_controller.lots import exit_reason
 from services.position_controller.rules import close_order_id
 from shared.errors import MessageError
 from shared.models import (

@@ -47,134 +47,13 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
-from services.position_controller.protection import STOP_TYPES, TAKE_PROFIT_TYPES
-from services.position_controller.rules import reason_from_order_id
-from services.trader.order_ids import PURPOSE_CODES
+from services.position_controller.lots import Lot, Lru, exit_reason, fill_key
 from shared.models import AccountUpdate, AlgoUpdate, ClosedTrade, DecisionRecord, OrderUpdate
 
 log = logging.getLogger(__name__)
 
 _ZERO = Decimal(0)
-EXIT_REASONS = frozenset(
-    {"stop_loss", "take_profit", "emergency", "invalidation", "counter_trend", "time_stop",
-     "liquidation", "manual", "flip", "external"}
-)  # fmt: skip
-_PROTECT = {"protect_stop": "stop_loss", "protect_take_profit": "take_profit"}
-# The trader's protective orders: `slt-s-...` stop, `slt-t-...` take-profit.
-_TRADER_IDS = {
-    f"slt-{PURPOSE_CODES[p]}-": reason
-    for p, reason in (("stop", "stop_loss"), ("take_profit", "take_profit"))
-}
 DecisionLookup = Callable[[str], DecisionRecord | None]
-
-
-@dataclass(slots=True)
-class Lot:
-    """One open position's life so far (mutable; owned by the Ledger)."""
-
-    symbol: str
-    side: str  # LONG | SHORT
-    open_time: int
-    entry_client_id: str
-    qty: Decimal = _ZERO  # open size, > 0
-    entry_qty: Decimal = _ZERO
-    entry_notional: Decimal = _ZERO
-    exit_qty: Decimal = _ZERO
-    exit_notional: Decimal = _ZERO
-    realized: Decimal = _ZERO
-    fees: Decimal = _ZERO
-    funding: Decimal = _ZERO
-    last_time: int = 0
-    leverage: int | None = None
-    estimated: bool = False  # part of it was inferred (adopted / external), not filled
-    est_qty: Decimal = _ZERO  # of exit_qty: reduced by `resync` at an estimated price
-    est_notional: Decimal = _ZERO
-    est_realized: Decimal = _ZERO
-
-    @property
-    def direction(self) -> int:
-        return 1 if self.side == "LONG" else -1
-
-    @property
-    def entry_price(self) -> Decimal:
-        return self.entry_notional / self.entry_qty if self.entry_qty else _ZERO
-
-    @property
-    def trade_id(self) -> str:
-        return f"{self.symbol}-{self.open_time}"
-
-    def add_entry(self, qty: Decimal, price: Decimal, time_ms: int) -> None:
-        self.qty += qty
-        self.entry_qty += qty
-        self.entry_notional += qty * price
-        self.last_time = max(self.last_time, time_ms)
-
-    def add_exit(self, qty: Decimal, price: Decimal, time_ms: int) -> None:
-        self.qty -= qty
-        self.exit_qty += qty
-        self.exit_notional += qty * price
-        self.last_time = max(self.last_time, time_ms)
-
-
-class _Lru:
-    """A bounded set: remembers the last `limit` keys."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._d: OrderedDict[Hashable, None] = OrderedDict()
-
-    def add(self, key: Hashable) -> bool:
-        """True when the key is new."""
-        if key in self._d:
-            self._d.move_to_end(key)
-            return False
-        self._d[key] = None
-        if len(self._d) > self.limit:
-            self._d.popitem(last=False)
-        return True
-
-    def discard(self, key: Hashable) -> None:
-        self._d.pop(key, None)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._d
-
-
-def _fill_key(fill: OrderUpdate) -> Hashable:
-    """(symbol, trade id `t`), or (order id, filled quantity) when `t` is 0."""
-    if fill.trade_id:
-        return (fill.symbol, fill.trade_id)
-    return (fill.symbol, "o", fill.order_id, fill.filled_qty)
-
-
-def exit_reason(fill: OrderUpdate, algo_types: dict[int, str] | None = None) -> str:
-    """Why the fill that closed a position happened, from its order type and client id.
-
-    Binance liquidation orders have type LIQUIDATION and client ids `autoclose-...`; ADL
-    uses `adl_autoclose`; a delisting settlement `settlement_autoclose-...` (external).
-    Our own ids carry their reason; a triggered conditional order keeps its original type
-    (`ot`).  Anything else is a manual order (an id we do not know)."""
-    cid = fill.client_order_id
-    if "LIQUIDATION" in (fill.order_type, fill.original_type):
-        return "liquidation"
-    if cid.startswith(("autoclose-", "adl_autoclose")):
-        return "liquidation"
-    if cid.startswith("settlement_autoclose"):
-        return "external"
-    ours = reason_from_order_id(cid)
-    if ours is not None:
-        return _PROTECT.get(ours, ours)
-    for prefix, reason in _TRADER_IDS.items():
-        if cid.startswith(prefix):
-            return reason
-    otype = fill.original_type or fill.order_type
-    if algo_types is not None and otype not in STOP_TYPES | TAKE_PROFIT_TYPES:
-        otype = algo_types.get(fill.order_id, otype)
-    if otype in STOP_TYPES:
-        return "stop_loss"
-    if otype in TAKE_PROFIT_TYPES:
-        return "take_profit"
-    return "manual"
 
 
 @dataclass(slots=True)
@@ -207,9 +86,9 @@ class Ledger:
         self._lookup = decision_lookup
         self.quote_asset = quote_asset
         self._lots: dict[str, Lot] = {}
-        self._seen_fills = _Lru(memory)
-        self._emitted = _Lru(memory)
-        self._seen_funding = _Lru(memory)
+        self._seen_fills = Lru(memory)
+        self._emitted = Lru(memory)
+        self._seen_funding = Lru(memory)
         self._algo_types: OrderedDict[int, str] = OrderedDict()
         self._synced: dict[str, int] = {}  # symbol -> exchange time of the last snapshot
         self._orphans: dict[str, int] = {}  # symbol -> earliest orphan closing fill time
@@ -233,7 +112,7 @@ class Ledger:
 
     def has_seen(self, fill: OrderUpdate) -> bool:
         """Was this fill (by trade id) applied already?  Saves REST calls on replays."""
-        return _fill_key(fill) in self._seen_fills
+        return fill_key(fill) in self._seen_fills
 
     def synced_at(self, symbol: str) -> int | None:
         """Exchange time of the last REST snapshot the symbol was set from."""
@@ -269,7 +148,7 @@ class Ledger:
         """Apply one ORDER_TRADE_UPDATE; returns the trades it closed (0, or 1)."""
         if not fill.is_fill or fill.last_filled_qty <= 0:
             return []
-        if not self._seen_fills.add(_fill_key(fill)):
+        if not self._seen_fills.add(fill_key(fill)):
             self.counters.duplicate_fills += 1
             return []
         self.counters.fills += 1
@@ -285,7 +164,7 @@ class Ledger:
             if reducing or exit_reason(fill) == "liquidation":
                 self.counters.orphan_close_fills += 1  # closes a position we never saw open
                 self._orphans.setdefault(fill.symbol, t)
-                self._seen_fills.discard(_fill_key(fill))  # a replay must apply it again
+                self._seen_fills.discard(fill_key(fill))  # a replay must apply it again
                 return []
             self._open(fill, qty, price, fee, leverage)
             return []
