@@ -478,6 +478,12 @@ class BinanceClient:
             raise ValueError("closePosition cannot be sent with quantity or reduceOnly")
         return await self._request("POST", "/fapi/v1/algoOrder", params, weight=0, signed=True)
 
+    async def leverage_brackets(self, symbol: str | None = None) -> Any:
+        """`GET /fapi/v1/leverageBracket` (weight 1): notional caps per leverage tier, all
+        symbols or one (parse with `shared.brackets.parse_leverage_brackets`)."""
+        return await self._request("GET", "/fapi/v1/leverageBracket", {"symbol": symbol},
+                                   weight=1, signed=True)  # fmt: skip
+
     async def cancel_algo_order(
         self, algo_id: int | None = None, client_algo_id: str | None = None
     ) -> dict[str, Any]:
