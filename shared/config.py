@@ -223,6 +223,9 @@ class ModelConfig(_Section):
     dir: str = "var/models"
     retrain_after_trades: int = Field(50, ge=1)
     retrain_interval_hours: float = Field(24, gt=0)
+    retrain_min_new_trades: int = Field(
+        10, ge=1, description="new labelled trades the interval retrain needs (fewer: wait)"
+    )
     min_train_samples: int = Field(200, ge=10)
     n_estimators: int = Field(200, ge=1)
     max_depth: int = Field(4, ge=1, le=16)

@@ -8,18 +8,23 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import xgboost as xgb
 
 from services.trader.learner import (
+    COMPILED_MAX_ROWS,
     FeatureMismatch,
     Learner,
     ModelNotFound,
     ModelStore,
     NoModel,
+    TrainedModel,
     auc,
     fit_platt,
     log_loss,
 )
 from services.trader.signals import MODEL_FEATURE_NAMES, MODEL_FEATURES_VERSION
+from services.trader.tree_eval import CompiledTrees, _exact_base, compile_booster, probe_rows
+from shared.config import load_settings
 
 F = len(MODEL_FEATURE_NAMES)
 HOUR = 3_600_000
@@ -188,3 +193,99 @@ def test_walk_forward_split_purges_label_overlap() -> None:
         X[shuffled_rows], y[shuffled_rows], {"times": times[shuffled_rows]}
     )
     assert again.challenger == pytest.approx(purged.challenger)
+
+
+def test_interval_retrain_waits_for_enough_new_trades() -> None:
+    """`retrain_min_new_trades` gates the interval trigger only: the count trigger and the
+    first training do not wait."""
+    learner = Learner(cfg(retrain_after_trades=5, min_train_samples=10, retrain_min_new_trades=3))
+    X, y = planted(20, seed=11)
+    for i in range(10):
+        learner.add_closed_trade(X[i], 1.0 if y[i] else -1.0, f"a{i}", event_time_ms=HOUR + i)
+    assert learner.should_retrain(2 * HOUR)  # never trained
+    learner.maybe_retrain(2 * HOUR)
+    day_later = 2 * HOUR + 24 * HOUR
+    for i in range(2):
+        learner.add_closed_trade(X[10 + i], 1.0, f"b{i}", event_time_ms=3 * HOUR + i)
+        assert not learner.should_retrain(day_later)  # 1, then 2 new: the interval waits
+    learner.add_closed_trade(X[12], 1.0, "b2", event_time_ms=4 * HOUR)
+    assert learner.should_retrain(day_later) and not learner.should_retrain(3 * HOUR)
+    for i in range(2):
+        learner.add_closed_trade(X[13 + i], 1.0, f"c{i}", event_time_ms=4 * HOUR + i)
+    assert learner.should_retrain(3 * HOUR)  # 5 new: the count trigger, no interval needed
+    assert load_settings().model.retrain_min_new_trades == 10  # the services' default
+
+
+def _boosters() -> list[tuple[xgb.Booster, int]]:
+    """Boosters of several shapes (depth 1-6, few/many rounds, coarse/fine bins, NaN in
+    the training data), each with its number of features."""
+    rng = np.random.default_rng(12)
+    out = []
+    for depth, rounds, bins in ((1, 7, 16), (3, 60, 64), (4, 200, 256), (6, 120, 32)):
+        n = 600
+        X = rng.normal(size=(n, F)) * rng.uniform(0.01, 100.0, F)
+        X[rng.random(X.shape) < 0.03] = np.nan
+        y = (np.nan_to_num(X[:, 0]) / 50 + rng.normal(size=n) > 0.3).astype(int)
+        params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": depth,
+                  "max_bin": bins, "subsample": 0.8, "colsample_bytree": 0.8, "nthread": 1,
+                  "seed": depth}  # fmt: skip
+        out.append((xgb.train(params, xgb.DMatrix(X, label=y), rounds), F))
+    return out
+
+
+def _at_splits(trees: CompiledTrees, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """float64 rows on, or a hair below, split values: XGBoost compares in float32, where
+    `split - 1e-12` is the split itself (goes right), and a float64 comparison would not."""
+    X = rng.normal(size=(rows, trees.n_features))
+    for f in range(trees.n_features):
+        splits = trees.threshold[(trees.feature == f) & (trees.left != np.arange(len(trees.left)))]
+        if len(splits):
+            at = splits[rng.integers(0, len(splits), rows)].astype(np.float64)
+            X[:, f] = at - rng.choice([0.0, 1e-12], rows) * np.maximum(np.abs(at), 1.0)
+    return X
+
+
+def test_compiled_trees_give_xgboost_margins_bit_for_bit() -> None:
+    rng = np.random.default_rng(13)
+    for booster, nf in _boosters():
+        trees = compile_booster(booster)
+        assert trees is not None
+        for rows in (1, 3, 32, 500):
+            X = rng.normal(size=(rows, nf)) * rng.uniform(0.01, 100.0, nf)
+            X[rng.random(X.shape) < 0.05] = np.nan
+            for x in (X, _at_splits(trees, rows, rng)):
+                want = booster.inplace_predict(x, predict_type="margin")
+                np.testing.assert_array_equal(trees.margin(x), want)
+        # the base margin is found even when the estimate from the model file is off
+        exact, probe = trees.base_margin, probe_rows(trees)
+        want = booster.inplace_predict(probe, predict_type="margin")
+        trees.base_margin = np.nextafter(np.nextafter(exact, np.float32(9)), np.float32(9))
+        assert _exact_base(trees, probe, want) == exact
+
+
+def test_champion_confidence_is_the_boosters_and_large_batches_use_xgboost() -> None:
+    learner = Learner(cfg())
+    X, y = planted(400, seed=14)
+    learner.fit_cold_start(X, y, {})
+    champ = learner.champion
+    assert champ is not None and champ.trees is not None
+    a, b = champ.meta.calibration
+    Xt = np.random.default_rng(15).normal(size=(200, F))
+    margin = np.asarray(champ.booster.inplace_predict(Xt, predict_type="margin"), np.float64)
+    ref = 1 / (1 + np.exp(-(a * margin + b)))
+    for rows in (1, 5, COMPILED_MAX_ROWS, 200):  # compiled up to COMPILED_MAX_ROWS, then xgboost
+        np.testing.assert_allclose(learner.predict(Xt[:rows]), ref[:rows], rtol=0, atol=1e-12)
+    plain = TrainedModel(champ.booster, champ.meta, None)
+    object.__setattr__(plain, "trees", None)  # a booster that could not be compiled
+    np.testing.assert_allclose(plain.predict(Xt[:3]), ref[:3], rtol=0, atol=1e-12)
+
+
+def test_compile_refuses_what_it_does_not_model() -> None:
+    rng = np.random.default_rng(16)
+    X, y = rng.normal(size=(200, 4)), rng.integers(0, 3, 200)
+    multi = xgb.train({"objective": "multi:softprob", "num_class": 3, "nthread": 1},
+                      xgb.DMatrix(X, label=y), 5)  # fmt: skip
+    assert compile_booster(multi) is None
+    squared = xgb.train({"objective": "reg:squarederror", "nthread": 1},
+                        xgb.DMatrix(X, label=y.astype(float)), 5)  # fmt: skip
+    assert compile_booster(squared) is None
