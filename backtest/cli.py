@@ -3,10 +3,13 @@
     slt backtest --data ../shared/data/klines/binance_usdtm_2023-07_freqtrade/csv \\
         [--symbols BTCUSDT ETHUSDT] [--start 2023-07-20 --end 2023-08-10] \\
         [--cold-start-days 7] [--learner on|off|both] [--out DIR] [--equity 10000] [--seed 0]
+        [--cache-dir var/cache/klines | --no-cache]
 
 Settings (risk, trading, model, fees) are the services' own (config/config.yaml and
 SLT_* variables).  Writes metrics.json, trades.csv and equity.png to --out and prints the
-comparison of the strategy with and without the learner against buy and hold.  Exit
+comparison of the strategy with and without the learner against buy and hold.  Parsed
+kline files are cached under --cache-dir (keyed by path, size and mtime, so an edited file
+is parsed again): the second run over the same files skips the parsing.  Exit
 status: 0 done, 2 bad arguments / configuration / data, 1 a run failed.
 """
 
@@ -25,9 +28,11 @@ from backtest.compare import table
 from backtest.data import DataError, load_feed
 from backtest.results import MODES, RunConfig
 from backtest.session import LEARNER_CHOICES, run_session, symbols_of, write_outputs
+from services.exchange_sim.market.kline_cache import KlineCache
 from shared.config import ConfigError, load_settings
 
 EXIT_USAGE = 2
+DEFAULT_CACHE = "var/cache/klines"
 
 
 def _decimal(text: str) -> Decimal:
@@ -86,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="funding rate per 8 h (default 0.01%%)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE,
+        help=f"parsed kline files are kept here for the next run (default {DEFAULT_CACHE})",
+    )
+    p.add_argument("--no-cache", action="store_true", help="parse every file, keep nothing")
     return p  # fmt: skip
 
 
@@ -112,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = Console(), Console(stderr=True)
     try:
         settings = load_settings()
-        feed = load_feed(args.data, symbols_of(args.symbols), args.start, args.end)
+        cache = None if args.no_cache else KlineCache(args.cache_dir)
+        feed = load_feed(args.data, symbols_of(args.symbols), args.start, args.end, cache=cache)
         cfg = RunConfig(settings, equity=args.equity, cold_start_days=args.cold_start_days,
                         mode=args.mode, slippage_bps=args.slippage_bps,
                         funding_rate=args.funding_rate)  # fmt: skip

@@ -18,7 +18,8 @@ C. the rest of the intra-bar path, `bar_updates(bar, updates_per_minute - 1)` - 
    up bar and takes the profit on a down bar, exactly as the simulator would - tick by tick
    across symbols; engine events go through the live parsers to the controller and its
    ledger, and its exits are sent at once, as the live controller sends them on an event.
-D. the close: every closed kline to `TraderCore.on_closed_kline`; to the controller
+D. the close: every closed kline to `TraderCore.on_closed_kline` (fast mode: `on_bar`, the
+   same with the kline's fields as arguments, no kline object per bar); to the controller
    (full mode: `on_kline`; fast mode: positions only - the trend view from the trader's
    context via `set_trend`, then the close as a price - when the bar may matter).
 E. sweep (full: every `trading.position_check_interval`; fast: when protection or a
@@ -118,8 +119,10 @@ class Runner(OrderFlow):
         gross: list[float] = []
         on_kline, pc_kline, pending_at = (self.trader.on_closed_kline, self.pc.on_kline,
                                           self.trader.pending_candidates)  # fmt: skip
+        on_bar = self.trader.on_bar
         busy, amount, broker, watch = self.broker.open, self.broker.amount, self.broker, self.watch
-        learn = self.learner is not None
+        learner = self.learner
+        learn = learner is not None
         counters, seen = self.trader.counters, -1
         for k in range(n):
             t = times[k]
@@ -130,11 +133,11 @@ class Runner(OrderFlow):
             block = cube[k].tolist()
             if self.pending or busy:
                 self._intrabar(t, block)
-            if fast:  # D: the closes
+            if fast:  # D: the closes (the trader's `on_bar`: on_closed_kline's fields)
                 for j, r in enumerate(block):
                     if r[0] == r[0]:
-                        on_kline(_new(BarKline, (symbols[j], t, ct, r[0], r[1], r[2], r[3], r[4],
-                                                 r[5], int(r[6]), r[7], True)), now)  # fmt: skip
+                        on_bar(symbols[j], t, r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7],
+                               now)  # fmt: skip
                 if amount:
                     self._close_positions(t, block)
                 if watch.need_sweep or broker.unprotected:
@@ -148,7 +151,7 @@ class Runner(OrderFlow):
                         self._defer(pc_kline(kl, now))  # type: ignore[arg-type]
                 if now - self._last_sweep >= self._sweep_ms:
                     self._sweep(now)
-            if learn:
+            if learn and learner.new_samples:  # (no new sample: never due, learner.py)
                 self._retrain(now)  # as the live trader: the schedule is checked each minute
             if k >= k0:
                 found = counters.candidates  # (a public counter: no candidates, no decide)

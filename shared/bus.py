@@ -8,6 +8,11 @@ Why it looks like this:
   consumer first re-reads its own pending entries (a restart with the same name), then
   `XAUTOCLAIM`s entries that dead consumers left idle; it keeps claiming periodically so
   a sibling that never comes back is covered too.
+- `ack_with_read=True` (a latency-sensitive consumer): the acks of a handled batch go out
+  in ONE pipeline with the next XREADGROUP instead of their own round trip first, so the
+  next batch is asked for at once.  Still after the effect; pending acks are sent before
+  any re-read of pending entries (retry, recovery) and when the loop ends, and an ack that
+  never got out only means a redelivery (at-least-once, as after a crash).
 - A handler failure leaves the entry pending; it is retried one entry at a time.  An
   entry that fails `max_deliveries` times (delivery count from `XPENDING`) goes to the
   dead-letter stream `<stream>:dead` and is acknowledged in the same transaction, so a
@@ -155,6 +160,7 @@ class Consumer:
         retry_delay: float = 0.5,
         poison_errors: tuple[type[BaseException], ...] = (PoisonEntry, MessageError),
         dead_maxlen: int = DEAD_MAXLEN,
+        ack_with_read: bool = False,
     ) -> None:
         """`start_id` is where a *new* group starts: '0' (default) so nothing
         published before the first start is lost, '$' for only new entries."""
@@ -177,6 +183,8 @@ class Consumer:
             ("read", "acked", "failed", "handler_errors", "dead_lettered", "claimed",
              "redelivered", "gone", "poison", "read_errors"), 0,
         )  # fmt: skip
+        self.ack_with_read = ack_with_read
+        self._unacked: list[str] = []  # handled, ack deferred to the next read
         self._retry = False
         self._errors: dict[str, str] = {}  # entry id -> last failure, for dead letters
         self._poison: set[str] = set()
@@ -193,14 +201,34 @@ class Consumer:
         return True
 
     async def read(self, block_ms: int | None = None) -> Batch:
-        """New entries (`>`) for this consumer; [] when the block times out."""
-        resp = await self.redis.xreadgroup(
-            self.group, self.name, {self.stream: ">"}, count=self.count,
-            block=self.block_ms if block_ms is None else block_ms,
-        )  # fmt: skip
+        """New entries (`>`) for this consumer; [] when the block times out.  Deferred
+        acks (`ack_with_read`) go in the same pipeline, ahead of the read."""
+        block = self.block_ms if block_ms is None else block_ms
+        if self._unacked:
+            ids = list(self._unacked)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, self.group, *ids)
+                pipe.xreadgroup(self.group, self.name, {self.stream: ">"}, count=self.count,
+                                block=block)  # fmt: skip
+                acked, resp = await pipe.execute()
+            del self._unacked[: len(ids)]  # only once sent and answered (else: sent again)
+            self.counters["acked"] += int(acked)
+        else:
+            resp = await self.redis.xreadgroup(
+                self.group, self.name, {self.stream: ">"}, count=self.count, block=block
+            )
         batch = [(_id(i), f) for i, f in resp[0][1]] if resp else []
         self.counters["read"] += len(batch)
         return batch
+
+    async def flush_acks(self) -> int:
+        """Send the deferred acks now (before pending entries are read again)."""
+        if not self._unacked:
+            return 0
+        ids = list(self._unacked)
+        done = await self.ack(ids)
+        del self._unacked[: len(ids)]
+        return done
 
     async def read_pending(self, after: str = "0", count: int | None = None) -> Batch:
         """This consumer's own pending entries with ids > `after` (delivered again,
@@ -298,7 +326,10 @@ class Consumer:
                 self._errors.update({i: repr(exc) for i, _ in batch})
         ids = [i for i, _ in batch]
         done = set(ids) if result is None else {_id(i) for i in result}
-        await self.ack([i for i in ids if i in done])
+        if self.ack_with_read and not recovered:
+            self._unacked.extend(i for i in ids if i in done)
+        else:
+            await self.ack([i for i in ids if i in done])
         await self._after_failures([e for e in batch if e[0] not in done])
 
     async def _after_failures(self, failed: Batch) -> None:
@@ -357,6 +388,7 @@ class Consumer:
 
     async def recover(self, handler: BatchHandler, stop: asyncio.Event, size: int) -> None:
         """Handle own pending entries once each, then everything claimable."""
+        await self.flush_acks()  # a handled entry must not come back as pending
         async for batch in self._recovered(stop, size):
             await self.handle(handler, batch, recovered=True)
 
@@ -402,8 +434,18 @@ class Consumer:
                         raise
                     log.warning("consumer group %s vanished (Redis restarted?)", self.group)
                     need_group, next_claim = True, 0.0
+                    self._unacked.clear()  # a new group has nothing of ours pending
         finally:
             stop_wait.cancel()
+            await self._final_acks()
+
+    async def _final_acks(self) -> None:
+        """The loop ends: the handled entries' deferred acks go out (best effort: one not
+        sent is redelivered after the restart, as after a crash)."""
+        try:
+            await self.flush_acks()
+        except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+            log.warning("deferred acks not sent on stop: %r", exc)
 
     async def batches(self, stop: asyncio.Event) -> AsyncIterator[Batch]:
         """Low-level loop: own pending, then claimable, then new batches until `stop`.

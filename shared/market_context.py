@@ -54,7 +54,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 N_FEATURES = len(FEATURE_NAMES)
 
-RET_HORIZONS = (1, 5, 15, 60)
+RET_HORIZONS = (1, 5, 15, 60)  # spelled out in MarketContext.features_list
 ATR_N = 14
 ATR_SLOW_N = 100
 RSI_N = 14
@@ -295,31 +295,63 @@ class MarketContext:
         return 0.5 * align + 0.5 * math.tanh(self.ema_slope_atr(50))
 
     def features_list(self) -> list[float]:
-        """The feature row as Python floats, in FEATURE_NAMES order."""
-        if self.n < WARMUP_BARS:
+        """The feature row as Python floats, in FEATURE_NAMES order.
+
+        The helpers above (rsi, volume_z, atr_ratio, ema_slope_atr, trend_regime) are
+        inlined here with the very same float operations in the same order - the results
+        are bit-identical (tests/test_market_context.py) - because the trader builds one row
+        per symbol at every minute close, on its latency path."""
+        t = self.n - 1
+        if t < WARMUP_BARS - 1:
             raise ContextNotReady(self.symbol, self.n)
-        t, c, atr = self.n - 1, self.close, self.atr
+        c, atr, e20, e50, e200 = self.close, self.atr, self.ema20, self.ema50, self.ema200
         ia = 1.0 / atr if atr > 0.0 else 0.0
-        cl = self._closes
-        out = [math.log(c / cl[(t - h) % CLOSE_RING]) for h in RET_HORIZONS]
-        out += [math.sqrt(max(self._s30, 0.0) / HALF), math.sqrt(max(self._s60, 0.0) / WINDOW)]
-        out += [atr / c, self.atr_ratio(), self.rsi()]
-        out += [(c - self.ema20) * ia, (c - self.ema50) * ia, (c - self.ema200) * ia]
-        out += [self.ema_slope_atr(20), self.ema_slope_atr(50), self.ema_slope_atr(200)]
-        out.append(self.volume_z())
+        cl, log = self._closes, math.log
+        ring = self._emas
+        now, old = ring[t % (SLOPE_LAG + 1)], ring[(t - SLOPE_LAG) % (SLOPE_LAG + 1)]
+        if atr <= 0.0:  # as ema_slope_atr (a NaN ATR gives NaN slopes there too)
+            s20 = s50 = s200 = 0.0
+        else:
+            s20 = (now[0] - old[0]) / atr
+            s50 = (now[1] - old[1]) / atr
+            s200 = (now[2] - old[2]) / atr
+        ag, al = self.avg_gain, self.avg_loss
+        if al == 0.0:
+            rsi = 50.0 if ag == 0.0 else 100.0
+        else:
+            rsi = 100.0 - 100.0 / (1.0 + ag / al)
+        m2 = self._lv_m2
+        std = math.sqrt((0.0 if 0.0 > m2 else m2) / WINDOW)  # = max(m2, 0.0), NaN and -0.0 too
+        vz = 0.0 if std < VOLZ_MIN_STD else (self._lv[t % WINDOW] - self._lv_mean) / std
+        eps = ALIGN_EPS * c
+        d1, d2, d3 = c - e20, e20 - e50, e50 - e200
+        align = (
+            (1 if d1 > eps else -1 if d1 < -eps else 0)
+            + (1 if d2 > eps else -1 if d2 < -eps else 0)
+            + (1 if d3 > eps else -1 if d3 < -eps else 0)
+        ) / 3.0
         o, h, lo = self.open, self.high, self.low
         rng = h - lo
         ir = 1.0 / rng if rng > 0.0 else 0.0
-        out += [(c - o) * ir, (h - (o if o > c else c)) * ir, ((c if o > c else o) - lo) * ir]
         v, tb = self.volume, self.taker_buy_volume
-        known = v > 0.0 and tb == tb and self.trades > 0
-        out.append(min(max(tb / v, 0.0), 1.0) if known else 0.5)
-        out.append(self.trend_regime())
         rh, rl = self.range_high, self.range_low
-        out += [(c - rl) / (rh - rl) if rh > rl else 0.5, (rh - rl) * ia]
+        s30, s60 = self._s30, self._s60
         ang = ((self.open_time // 60_000) % MINUTES_PER_DAY) * _TWO_PI_PER_DAY
-        out += [math.sin(ang), math.cos(ang)]
-        return out
+        return [  # RET_HORIZONS = (1, 5, 15, 60)  # spelled out in MarketContext.features_list
+            log(c / cl[(t - 1) % CLOSE_RING]), log(c / cl[(t - 5) % CLOSE_RING]),
+            log(c / cl[(t - 15) % CLOSE_RING]), log(c / cl[(t - 60) % CLOSE_RING]),
+            math.sqrt((0.0 if 0.0 > s30 else s30) / HALF),
+            math.sqrt((0.0 if 0.0 > s60 else s60) / WINDOW),
+            atr / c, atr / self.atr_slow if self.atr_slow > 0.0 else 1.0, rsi,
+            (c - e20) * ia, (c - e50) * ia, (c - e200) * ia,
+            s20, s50, s200,
+            vz,
+            (c - o) * ir, (h - (o if o > c else c)) * ir, ((c if o > c else o) - lo) * ir,
+            min(max(tb / v, 0.0), 1.0) if v > 0.0 and tb == tb and self.trades > 0 else 0.5,
+            0.5 * align + 0.5 * math.tanh(s50),
+            (c - rl) / (rh - rl) if rh > rl else 0.5, (rh - rl) * ia,
+            math.sin(ang), math.cos(ang),
+        ]  # fmt: skip
 
     def features(self) -> np.ndarray:
         return np.array(self.features_list(), dtype=np.float64)

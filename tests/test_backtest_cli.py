@@ -15,7 +15,7 @@ from backtest.cli import _progress
 from shared.cli import main as slt_main
 from shared.testing import KLINES_DIR
 
-DATA = str(KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv")
+DATA = str((KLINES_DIR / "binance_usdtm_2023-07_freqtrade/csv").resolve())  # tests chdir
 
 
 @pytest.fixture
@@ -28,12 +28,14 @@ def quick_model(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_slt_backtest_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], quick_model: None
 ) -> None:
-    out = tmp_path / "bt"
+    out, cache = tmp_path / "bt", tmp_path / "kline-cache"
     code = slt_main(["backtest", "--data", DATA, "--symbols", "DOGEUSDT,SOLUSDT", "XRPUSDT",
                      "--start", "2023-07-18T12:00", "--end", "2023-07-21T00:00",
                      "--cold-start-days", "1.5", "--out", str(out), "--equity", "20000",
-                     "--seed", "7"])  # fmt: skip
+                     "--seed", "7", "--cache-dir", str(cache)])  # fmt: skip
     assert code == 0
+    assert sorted(p.name.split(".")[0] for p in cache.iterdir()) == [
+        "DOGEUSDT-1m", "SOLUSDT-1m", "XRPUSDT-1m"]  # parsed files kept for the next run  # fmt: skip
     printed = capsys.readouterr()
     for word in ("Backtest comparison", "learner_on", "learner_off", "buy_and_hold",
                  "Sharpe (daily)", "max drawdown", "profit factor"):  # fmt: skip
@@ -62,13 +64,20 @@ def test_slt_backtest_end_to_end(
     assert sum(float(r["net_pnl"]) for r in mine) == pytest.approx(off["metrics"]["net_pnl"])
 
 
-def test_slt_backtest_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_slt_backtest_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default cache dir is relative: var/cache/klines
     assert slt_main(["backtest", "--data", str(tmp_path / "nothing")]) == 2
     assert "backtest:" in capsys.readouterr().err
-    assert slt_main(["backtest", "--data", DATA, "--symbols", "BTCUSDT", "--start", "2023-07-20",
-                     "--end", "2023-07-21", "--cold-start-days", "5", "--learner", "off",
-                     "--out", str(tmp_path)]) == 2  # fmt: skip
+    args = ["backtest", "--data", DATA, "--symbols", "BTCUSDT", "--start", "2023-07-20",
+            "--end", "2023-07-21", "--cold-start-days", "5", "--learner", "off",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert slt_main([*args, "--no-cache"]) == 2
     assert "leaves no bars" in capsys.readouterr().err
+    assert not (tmp_path / "var").exists()  # --no-cache keeps nothing
+    assert slt_main(args) == 2
+    assert [p.name[:10] for p in (tmp_path / "var/cache/klines").iterdir()] == ["BTCUSDT-1m"]
     with pytest.raises(SystemExit):
         slt_main(["backtest", "--data", DATA, "--learner", "maybe"])
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from backtest.data import CLOSE, HIGH, OPEN, DataError, find_files, load_feed, parse_time
 from backtest.download import ArchiveFile, days, download, months
+from services.exchange_sim.market.kline_cache import KlineCache
 from shared.cli import main as slt_main
 from shared.testing import KLINES_DIR
 
@@ -104,6 +105,41 @@ def test_slice_of_the_real_binance_csv(tmp_path: Path) -> None:
     assert not feed.estimated  # the vision CSV has every column
     whole = load_feed([REAL], start="2023-02-10", end="2023-02-11")
     assert len(whole) == 1440 and int(whole.times[0]) == T0 + 9 * 1440 * MIN
+
+
+def test_cube_matches_a_bar_by_bar_build(tmp_path: Path) -> None:
+    """The vectorized cube equals the obvious per-bar construction: symbols starting late,
+    ending early, with a hole (missing rows) and dropped bad bars, inside a window."""
+    gap = rows(60)
+    del gap[20:25]  # five minutes missing
+    gap[40][3] = "1e9"  # low above high: dropped
+    write_csv(tmp_path / "AAAUSDT-1m-2023-02.csv", gap)
+    write_csv(tmp_path / "BBBUSDT-1m-2023-02.csv", rows(30, 50.0, T0 + 10 * MIN))  # late, short
+    write_csv(tmp_path / "CCCUSDT-1m-2023-02.csv", rows(70, 9.0, T0 - 5 * MIN))  # early, long
+    feed = load_feed([tmp_path], start=str(T0), end=str(T0 + 65 * MIN))
+    files = {s: [r for r in d if T0 <= int(r[0]) < T0 + 65 * MIN] for s, d in
+             (("AAAUSDT", gap), ("BBBUSDT", rows(30, 50.0, T0 + 10 * MIN)),
+              ("CCCUSDT", rows(70, 9.0, T0 - 5 * MIN)))}  # fmt: skip
+    times = sorted({int(r[0]) for d in files.values() for r in d})
+    expect = np.full((len(times), 3, 9), np.nan)
+    for j, s in enumerate(feed.symbols):
+        for r in files[s]:
+            if r is not gap[40]:
+                expect[times.index(int(r[0])), j] = [float(x) for x in (*r[1:6], *r[7:11])]
+    assert feed.times.tolist() == times and feed.dropped == {"AAAUSDT": 1}
+    assert np.array_equal(feed.cube, expect, equal_nan=True)
+
+
+def test_load_feed_through_the_cache(tmp_path: Path) -> None:
+    write_csv(tmp_path / "AAAUSDT-1m-2023-02.csv.gz", rows(50))
+    write_csv(tmp_path / "BBBUSDT-1m-2023-02.csv", rows(40, 5.0), header=False)
+    plain = load_feed([tmp_path])
+    cache = KlineCache(tmp_path / "cache")  # a test never writes into the repository's var/
+    for _ in range(2):
+        cached = load_feed([tmp_path], cache=cache)
+        assert np.array_equal(cached.cube, plain.cube, equal_nan=True)
+        assert cached.specs == plain.specs and cached.times.tolist() == plain.times.tolist()
+    assert (cache.misses, cache.hits, cache.writes) == (2, 2, 2)
 
 
 # ---- slt data download ----------------------------------------------------------------

@@ -345,3 +345,62 @@ async def test_batches_iterator_yields_pending_then_new(
                 stop.set()
     assert seen == [[old], [new]]
     assert await _pending(redis_client, stream, "g") == 0
+
+
+# ---- acks riding with the next read ------------------------------------------------------
+async def test_ack_with_read_sends_acks_with_the_next_read(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    stream = Keys(prefix).stream_klines
+    bus = StreamBus(redis_client, Keys(prefix), {})
+    await bus.publish_many(stream, [{"k": str(i)} for i in range(3)])
+    consumer = Consumer(redis_client, stream, "g", "c", block_ms=20, ack_with_read=True)
+    await consumer.ensure_group()
+    batch = await consumer.read()
+
+    async def handler(b: Batch) -> None:
+        return None
+
+    await consumer.handle(handler, batch, recovered=False)
+    assert await _pending(redis_client, stream, "g") == 3  # handled, ack not sent yet
+    await bus.publish(stream, {"k": "3"})
+    assert [f[b"k"] for _, f in await consumer.read()] == [b"3"]  # ...now, with this read
+    assert await _pending(redis_client, stream, "g") == 1
+    assert consumer.counters["acked"] == 3
+    assert await consumer.flush_acks() == 0  # nothing deferred any more
+
+
+async def test_ack_with_read_loop_acks_everything_once_and_on_stop(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """A failing entry is retried from the pending list: the entries handled before it
+    (acks still deferred) must not come back with it, and the last acks go out on stop."""
+    stream = Keys(prefix).stream_klines
+    await StreamBus(redis_client, Keys(prefix), {}).publish_many(
+        stream, [{"k": k} for k in ("a", "b", "flaky", "c")]
+    )
+    seen: list[str] = []
+    failed = False
+    stop = asyncio.Event()
+
+    async def handler(eid: str, fields: dict[bytes, bytes]) -> None:
+        nonlocal failed
+        key = fields[b"k"].decode()
+        if key == "flaky" and not failed:
+            failed = True
+            raise ValueError("once")
+        seen.append(key)
+        if len(seen) in (4, 6):
+            stop.set()  # the loop ends after this batch: no further read carries the ack
+
+    consumer = Consumer(
+        redis_client, stream, "g", "c", retry_delay=0.01, block_ms=20, ack_with_read=True
+    )
+    await asyncio.wait_for(consumer.run(handler, stop, per_entry=True), 8)
+    assert sorted(seen) == ["a", "b", "c", "flaky"]  # each handled exactly once
+    assert await _pending(redis_client, stream, "g") == 0
+    await StreamBus(redis_client, Keys(prefix), {}).publish_many(stream, [{"k": "d"}, {"k": "e"}])
+    stop.clear()
+    await asyncio.wait_for(consumer.run(handler, stop, per_entry=True), 8)
+    assert seen[-2:] == ["d", "e"]
+    assert await _pending(redis_client, stream, "g") == 0  # the last acks went out on stop

@@ -10,7 +10,15 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.codec import SCHEMA_VERSION, EventMeta, decode_event, encode_event, pack, unpack
+from shared.codec import (
+    SCHEMA_VERSION,
+    EventMeta,
+    decode_event,
+    encode_event,
+    pack,
+    packer,
+    unpack,
+)
 from shared.errors import MessageError
 from shared.keys import Keys
 from shared.models import Kline, Position
@@ -139,3 +147,48 @@ def test_encode_refuses_what_it_cannot_carry() -> None:
     # domain records nested in data are carried as their to_dict()
     _, data, _ = decode_event(encode_event("k", {"kline": doc_kline()}))
     assert Kline.from_dict(data["kline"]) == doc_kline()
+
+
+def _bytes(fields: dict) -> dict:
+    return {k.encode(): (v if isinstance(v, bytes) else v.encode()) for k, v in fields.items()}
+
+
+def _outcome(fields: dict) -> object:
+    try:
+        return decode_event(fields)
+    except MessageError as exc:
+        return ("MessageError", exc.reason)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [good(), good() | {"event_time": ""}, good() | {"symbol": ""}, good() | {"type": ""},
+     good() | {"v": str(SCHEMA_VERSION + 1)}, good() | {"v": "0"}, good() | {"v": "01"},
+     good() | {"v": "one"}, good() | {"event_time": "yesterday"}, good() | {"event_time": " 7 "},
+     good() | {"data": b"\xc1"}, good() | {"data": msgpack.packb([1, 2])},
+     good() | {"data": msgpack.packb({"a": msgpack.ExtType(9, b"x")})},
+     good() | {"type": b"\xff\xfe"}, good() | {"symbol": b"\xff"},
+     good() | {"event_time": b"\xff"}],
+)  # fmt: skip
+def test_redis_shaped_entries_decode_as_the_field_by_field_checks_do(fields: dict) -> None:
+    """Five bytes fields (what Redis returns) take the short path in decode_event; an
+    extra field forces the general checks.  Same result or same error either way."""
+    short = _bytes(fields)
+    general = short | {b"extra": b"1"}
+    assert _outcome(short) == _outcome(general)
+
+
+@settings(max_examples=100, deadline=None)
+@given(DATA, st.from_regex(r"[A-Z]{3,10}", fullmatch=True), st.integers(0, 2**50))
+def test_short_path_round_trip(data: dict, symbol: str, event_time: int) -> None:
+    short = _bytes(encode_event("t", data, symbol=symbol, event_time=event_time))
+    event_type, out, meta = decode_event(short)
+    assert event_type == "t" and same(data, out) and meta == EventMeta(symbol, event_time, 1)
+    assert _outcome(short) == _outcome(short | {b"extra": b"1"})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(DATA, max_size=5))
+def test_a_reused_packer_gives_packs_bytes(datas: list[dict]) -> None:
+    p = packer()
+    assert [p.pack(d) for d in datas] == [pack(d) for d in datas]

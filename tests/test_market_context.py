@@ -197,3 +197,47 @@ def test_random_walks_incremental_equals_vectorized(seed: int, n: int, vol: floa
     assert (np.abs(ok[:, IDX["trend_regime"]]) <= 1).all()
     for name in ("upper_wick_ratio", "lower_wick_ratio", "taker_buy_ratio"):
         assert ((ok[:, IDX[name]] >= 0) & (ok[:, IDX[name]] <= 1)).all()
+
+
+def _features_from_helpers(ctx: MarketContext) -> list[float]:
+    """The feature row spelled with the helper methods (the definitions); features_list
+    inlines them for speed and must give the very same bits."""
+    t, c, atr = ctx.n - 1, ctx.close, ctx.atr
+    ia = 1.0 / atr if atr > 0.0 else 0.0
+    cl = ctx._closes
+    out = [math.log(c / cl[(t - h) % len(cl)]) for h in (1, 5, 15, 60)]
+    out += [math.sqrt(max(ctx._s30, 0.0) / 30), math.sqrt(max(ctx._s60, 0.0) / 60)]
+    out += [atr / c, ctx.atr_ratio(), ctx.rsi()]
+    out += [(c - ctx.ema20) * ia, (c - ctx.ema50) * ia, (c - ctx.ema200) * ia]
+    out += [ctx.ema_slope_atr(20), ctx.ema_slope_atr(50), ctx.ema_slope_atr(200)]
+    out.append(ctx.volume_z())
+    o, h, lo = ctx.open, ctx.high, ctx.low
+    ir = 1.0 / (h - lo) if h - lo > 0.0 else 0.0
+    out += [(c - o) * ir, (h - max(o, c)) * ir, (min(o, c) - lo) * ir]
+    v, tb = ctx.volume, ctx.taker_buy_volume
+    known = v > 0.0 and tb == tb and ctx.trades > 0
+    out.append(min(max(tb / v, 0.0), 1.0) if known else 0.5)
+    out.append(ctx.trend_regime())
+    rh, rl = ctx.range_high, ctx.range_low
+    out += [(c - rl) / (rh - rl) if rh > rl else 0.5, (rh - rl) * ia]
+    ang = ((ctx.open_time // 60_000) % 1440) * (2.0 * math.pi / 1440)
+    return out + [math.sin(ang), math.cos(ang)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["walk", "flat", "dead", "tiny"]))
+def test_features_list_is_bit_identical_to_the_helpers(seed: int, mode: str) -> None:
+    rng = np.random.default_rng(seed)
+    ctx, p = MarketContext("X"), 10 ** rng.uniform(-4, 4)
+    for i in range(WARMUP_BARS + int(rng.integers(0, 150))):
+        step = {"walk": 0.003, "flat": 0.0 if i > 40 else 0.003, "dead": 0.003, "tiny": 1e-9}[mode]
+        o, c = p, p * (1 + step * rng.standard_normal())
+        wick = 0.0 if mode == "flat" and i > 40 else 0.001
+        v = 0.0 if mode == "dead" and rng.random() < 0.5 else 100 * rng.random()
+        tb = math.nan if mode == "dead" else v * rng.random()
+        ctx.update(T0 + i * MIN, o, max(o, c) * (1 + wick * rng.random()),
+                   min(o, c) * (1 - wick * rng.random()), c, v, v * c, int(rng.integers(0, 3)), tb)  # fmt: skip
+        p = c
+        if ctx.ready:
+            got, want = ctx.features_list(), _features_from_helpers(ctx)
+            assert np.array_equal(np.array(got).view(np.int64), np.array(want).view(np.int64))

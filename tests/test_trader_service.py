@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -198,6 +199,11 @@ async def test_closed_kline_to_protected_entry(
         assert any(o["api"] == "leverage" for o in log)
         stats = svc.stats()
         assert stats["entries_sent"] == 1 and stats["minutes_decided"] >= 1
+        # the account was read once for the minute (started before the batch was fed, and
+        # that read used), and GC is back on once no minute is open
+        reads = svc.account.counters
+        assert reads["cache_reads"] + reads["rest_reads"] + reads["rest_reused"] == 1
+        assert gc.isenabled() and not svc.gc_hold.held
         assert stats["last_decision_latency_ms"] is not None and not stats["halted"]
         decided = await redis_client.get(keys.trader_last_decided)
         assert decided == str(d["minute_open_time"]).encode()

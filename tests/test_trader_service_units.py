@@ -5,10 +5,12 @@ paging and the entry executor against the simulator."""
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from decimal import Decimal as D
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,12 +19,13 @@ from services.exchange_sim.server import SimConfig, SimServer
 from services.trader.account_view import AccountUnavailable, AccountView, from_cache, from_rest
 from services.trader.core import Decision
 from services.trader.execution import EntryExecutor, ExecutionOptions, Outcome
+from services.trader.latency import DecisionTiming, GcHold
 from services.trader.minute_gate import MinuteGate
 from services.trader.model_io import fetch_closed_klines, symbol_of_file
 from services.trader.order_ids import client_order_id
 from services.trader.redis_io import TraderRedis
 from shared.binance.client import BinanceClient
-from shared.codec import decode_event, encode_event
+from shared.codec import decode_event, encode_event, pack
 from shared.errors import MessageError
 from shared.keys import Keys
 from shared.models import Balance, DecisionRecord, OrderIntent, Position
@@ -142,19 +145,43 @@ async def test_account_view_cache_first_rest_fallback(redis_client, prefix) -> N
                 await AccountView(redis_client, keys, dead, ["BTCUSDT"]).snapshot()
 
 
-async def test_decisions_published_with_the_decided_minute(redis_client, prefix) -> None:
+async def test_packed_decisions_are_written_as_encode_event_writes_them(
+    redis_client, prefix
+) -> None:
+    """publish_events sends the constant fields once; each entry must still be exactly
+    encode_event's (field order and bytes), so decode_event and `slt tail` read it."""
     keys = Keys(prefix)
     io = TraderRedis(redis_client, keys)
-    entries = [encode_event("decision", {"symbol": s, "rank": i, "price": D("1.10")}, symbol=s,
-                            event_time=MIN) for i, s in enumerate(["AUSDT", "BUSDT", "CUSDT"])]  # fmt: skip
-    assert await io.publish_decisions(entries, 7 * MIN, 1000) == 3
-    got = [decode_event(f) for _i, f in await redis_client.xrange(keys.stream_signals)]
-    assert [(t, d["symbol"], d["rank"], d["price"]) for t, d, _m in got] == [
-        ("decision", "AUSDT", 0, D("1.10")), ("decision", "BUSDT", 1, D("1.10")),
-        ("decision", "CUSDT", 2, D("1.10"))]  # fmt: skip
-    assert got[0][2].event_time == MIN
-    assert await redis_client.get(keys.trader_last_decided) == str(7 * MIN).encode()
-    assert await io.publish_decisions([], 8 * MIN, 1000) == 0
+    datas = [{"symbol": s, "rank": i, "price": D("1.10"), "x": 0.1 * i, "none": None}
+             for i, s in enumerate(["AUSDT", "BUSDT", "CUSDT"])]  # fmt: skip
+    n = await io.publish_events("decision", 9 * MIN, [(d["symbol"], pack(d)) for d in datas],
+                                8 * MIN, 1000)  # fmt: skip
+    assert n == 3 and await redis_client.get(keys.trader_last_decided) == str(8 * MIN).encode()
+    rows = [f for _i, f in await redis_client.xrange(keys.stream_signals)]
+    want = [encode_event("decision", d, symbol=d["symbol"], event_time=9 * MIN) for d in datas]
+    assert [list(f.items()) for f in rows] == [
+        [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in w.items()]
+        for w in want
+    ]
+    assert [decode_event(f)[1] for f in rows] == datas
+    assert await io.publish_events("decision", 10 * MIN, [], 9 * MIN, 1000) == 0
+    assert await redis_client.get(keys.trader_last_decided) == str(9 * MIN).encode()
+
+
+async def test_account_read_leaves_out_symbols_without_a_position_hash(
+    redis_client, prefix
+) -> None:
+    keys = Keys(prefix)
+    pos = Position("ETHUSDT", D("-2"), D("100"), D("100"), D("-3"), "cross", D(0), 10, 1)
+    await redis_client.hset(keys.position("ETHUSDT"), mapping=pos.to_hash())
+    await redis_client.hset(keys.balance("USDT"),
+                            mapping=Balance("USDT", D("5"), D("5"), D(0), 1).to_hash())  # fmt: skip
+    symbols = ["AUSDT", "ETHUSDT", "ZUSDT"]
+    halted, _status, balance, hashes, _slots = await TraderRedis(redis_client, keys).read_account(
+        "USDT", symbols
+    )
+    assert not halted and Balance.from_hash(balance).wallet_balance == D("5")
+    assert [Position.from_hash(h) for h in hashes] == [pos]
 
 
 async def test_rest_history_pages_backwards() -> None:
@@ -356,3 +383,35 @@ async def test_hold_keeper_persists_and_asks_rest_when_the_cache_lags(redis_clie
         assert sim.rest_counters["requests"] >= 1
         back = Hold.from_json(await redis_client.hget(keys.trader_entries, "BTCUSDT"))
         assert not back.held and hk.recently_entered("BTCUSDT")
+
+
+def test_gc_hold_pauses_and_restores_only_its_own_pause() -> None:
+    hold = GcHold()
+    assert gc.isenabled()
+    hold.hold()
+    hold.hold()
+    assert not gc.isenabled() and hold.held
+    hold.release()
+    assert gc.isenabled() and not hold.held
+    gc.disable()  # someone else's pause is left alone
+    try:
+        hold.hold()
+        hold.release()
+        assert not gc.isenabled() and not hold.held
+    finally:
+        gc.enable()
+
+
+def test_decision_timing_percentiles_per_stage() -> None:
+    timing = DecisionTiming(keep=50)
+    assert timing.stats() == {"last_decision_latency_ms": None}
+    for i in range(80):  # more than kept: the oldest fall out
+        timing.add(0.0, 0.001 * i, 0.002 * i, 0.004 * i, 0.005 * i)
+    got = timing.stats()
+    for stage, xs in timing.samples.items():
+        assert len(xs) == 50
+        p50, p99 = np.percentile(list(xs), (50, 99))
+        assert (got[f"latency_{stage}_p50_ms"], got[f"latency_{stage}_p99_ms"]) == (
+            round(float(p50), 3), round(float(p99), 3))  # fmt: skip
+    assert got["latency_total_p50_ms"] == got["latency_feed_p50_ms"] * 5
+    assert got["last_decision_latency_ms"] == 395.0

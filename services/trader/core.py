@@ -23,20 +23,21 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
 from services.trader import ranking
-from services.trader.leverage import WinRateTracker, compute_leverage
+from services.trader.leverage import WinRateTracker, leverage_many
 from services.trader.order_ids import client_order_id
-from services.trader.ranking import RankInput
 from services.trader.signals import (
     MODEL_FEATURE_NAMES,
     Candidate,
+    ModelInputs,
     SignalParams,
     evaluate,
-    model_row,
+    model_matrix,
 )
 from services.trader.sizing import SizedEntry, SizingSkip, size_entry
 from shared.filters import SymbolFilters
@@ -73,13 +74,17 @@ class Decision:
     record: DecisionRecord | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
-            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("intents", "record")
-        }
+        d = dict(zip(_DECISION_PLAIN, _decision_plain(self), strict=True))
         d["signal_reasons"] = list(self.signal_reasons)
         d["intents"] = [i.to_dict() for i in self.intents]
         d["record"] = None if self.record is None else self.record.to_dict()
         return d
+
+
+# Decision.to_dict runs for every published decision (hundreds a minute): one C-level
+# attribute fetch instead of a getattr per field.
+_DECISION_PLAIN = tuple(k for k in Decision.__dataclass_fields__ if k not in ("intents", "record"))
+_decision_plain = attrgetter(*_DECISION_PLAIN)
 
 
 @dataclass(slots=True)
@@ -131,6 +136,12 @@ class TraderCore:
         self.win_rate = WinRateTracker.from_config(settings.model)
         self.counters = CoreCounters()
         self._pending: dict[str, list[Candidate]] = {}
+        # the context features of each symbol in _pending, taken when its candidates were:
+        # the context does not change until the symbol's next kline, which replaces both
+        # (and a minute is decided before a later kline is fed).  WHY here and not in
+        # decide: the context is hot in the cache right after its update, and for the
+        # minute's earlier klines this work is done while the later ones are still coming.
+        self._features: dict[str, list[float]] = {}
         self._market = self.trading.entry_order_type == "MARKET"
         self.last_received_ms = 0
 
@@ -140,14 +151,24 @@ class TraderCore:
         `now_ms` is the receive time of the event; the core reads no clock."""
         if not getattr(kline, "closed", True):
             return
+        self.on_bar(
+            kline.symbol, kline.open_time, kline.open, kline.high, kline.low, kline.close,
+            kline.volume, kline.quote_volume, kline.trades, kline.taker_buy_volume, now_ms,
+        )  # fmt: skip
+
+    def on_bar(
+        self, symbol: str, open_time: int, open_: float, high: float, low: float, close: float,
+        volume: float, quote_volume: float, trades: int, taker_buy_volume: float, now_ms: int,
+    ) -> None:  # fmt: skip
+        """`on_closed_kline` with the closed kline's fields as arguments.  WHY: the backtest
+        feeds every bar from its arrays; building a kline object per bar only to read its
+        fields back costs ~7% of a learner-off run."""
         self.last_received_ms = now_ms  # for the shell's latency metrics
-        symbol = kline.symbol
         ctx = self._contexts.get(symbol) or self.bank.get(symbol)
         try:
             applied = ctx.update(
-                kline.open_time, kline.open, kline.high, kline.low, kline.close, kline.volume,
-                kline.quote_volume, kline.trades, kline.taker_buy_volume,
-            )  # fmt: skip
+                open_time, open_, high, low, close, volume, quote_volume, trades, taker_buy_volume
+            )
         except BadKline as exc:
             self.counters.bad_klines += 1
             self.counters.last_error = str(exc)
@@ -159,9 +180,11 @@ class TraderCore:
         cands = evaluate(ctx, self.params)
         if cands:
             self._pending[symbol] = cands
+            self._features[symbol] = ctx.features_list()
             self.counters.candidates += len(cands)
         elif symbol in self._pending:
             del self._pending[symbol]
+            del self._features[symbol]
 
     def on_closed_trade(self, trade: ClosedTrade) -> bool:
         """Win rate + learning sample (each trade id once).  False for a repeat."""
@@ -190,17 +213,15 @@ class TraderCore:
         return [c for s in sorted(self._pending) for c in self._pending[s]
                 if c.open_time == minute_open_time]  # fmt: skip
 
-    def _score(
-        self, rows: list[list[float]], cands: list[Candidate]
-    ) -> tuple[list[float], str, str | None]:
+    def _score(self, X: np.ndarray, cands: list[Candidate]) -> tuple[list[float], str, str | None]:
         """(confidences, model version, error reason) with one batched model call."""
         champion = getattr(self.learner, "champion", None)
         if champion is None:
             return [c.score for c in cands], BASELINE_VERSION, None
         version = champion.meta.version
         try:
-            p = np.asarray(champion.predict(np.array(rows, dtype=np.float64)), dtype=np.float64)
-            if p.shape != (len(rows),) or not np.all((p >= 0.0) & (p <= 1.0)):
+            p = np.asarray(champion.predict(X), dtype=np.float64)
+            if p.shape != (len(cands),) or not np.all((p >= 0.0) & (p <= 1.0)):
                 raise ValueError(f"model output shape {p.shape} or values out of [0, 1]")
             return p.tolist(), version, None
         except Exception as exc:  # the model boundary: log, count, decide `model_error`
@@ -212,6 +233,18 @@ class TraderCore:
             )
             return [0.0] * len(cands), version, ranking.MODEL_ERROR
 
+    def _model_inputs(self, cands: list[Candidate]) -> ModelInputs:
+        """Every candidate's model row (signals.model_matrix), one feature row per symbol."""
+        row_of: dict[str, int] = {}
+        feats, which = [], []
+        for c in cands:
+            j = row_of.get(c.symbol)
+            if j is None:
+                j = row_of[c.symbol] = len(feats)
+                feats.append(self._features[c.symbol])
+            which.append(j)
+        return model_matrix(np.array(feats, dtype=np.float64), which, cands)
+
     def decide(
         self,
         minute_open_time: int,
@@ -221,59 +254,71 @@ class TraderCore:
         halted: bool,
     ) -> list[Decision]:
         """Decisions for the candidates of `minute_open_time` (none: []), best EV first.
-        `open_positions`: symbol -> Position-like (size, entry_price) or a notional."""
+        `open_positions`: symbol -> Position-like (size, entry_price) or a notional.
+
+        The per-candidate numbers (model rows, leverage) are computed over arrays, with
+        the same float operations as the scalar definitions (model_row, compute_leverage):
+        a minute may have hundreds of candidates and this runs on the trader's latency
+        path."""
         cands = self.pending_candidates(minute_open_time)
         if not cands:
             return []
-        feats = {sym: self.bank[sym].features_list() for sym in {c.symbol for c in cands}}
-        rows = [model_row(feats[c.symbol], c) for c in cands]
-        conf, version, error = self._score(rows, cands)
+        m = self._model_inputs(cands)
+        conf, version, error = self._score(m.X, cands)
         p = self.win_rate.rate
-        levs = [self._leverage(c, conf[i], p) if error is None else 1 for i, c in enumerate(cands)]
-        inputs = [
-            RankInput(i, c.symbol, c.side, c.strategy, conf[i], c.reward_pct, c.risk_pct,
-                      2.0 * self.taker_fee, blocked=error or self._no_filters(c.symbol))
-            for i, c in enumerate(cands)
-        ]  # fmt: skip
+        levs = self._leverages(cands, conf, m, p) if error is None else [1] * len(cands)
+        fee = 2.0 * self.taker_fee
+        c_arr = np.array(conf, dtype=np.float64)  # ranking.expected_value, same operations:
+        ev = (c_arr * m.reward_pct - (1.0 - c_arr) * m.risk_pct - fee).tolist()
+        filters = self.filters
+        cols = ranking.Columns(
+            ev, conf, [c.symbol for c in cands], [c.side for c in cands],
+            [c.strategy for c in cands], range(len(cands)),
+            [error or (None if c.symbol in filters else NO_FILTERS) for c in cands],
+        )  # fmt: skip
         sized: dict[int, SizedEntry | SizingSkip] = {}
 
-        def size(item: RankInput) -> tuple[float, str | None]:
+        def size(i: int) -> tuple[float, str | None]:
             """Lazily, only for candidates that reach the exposure check."""
-            sz = sized[item.key] = self._size(cands[item.key], levs[item.key], equity, available)
+            sz = sized[i] = self._size(cands[i], levs[i], equity, available)
             return (float(sz.notional), None) if isinstance(sz, SizedEntry) else (0.0, sz.reason)
 
         held, exposure = _open_exposure(open_positions)
-        ranked = ranking.rank(
-            inputs, open_symbols=held, open_notional=exposure, equity=float(equity),
+        ranked = ranking.rank_columns(
+            cols, open_symbols=held, open_notional=exposure, equity=float(equity),
             max_positions=self.trading.max_positions,
             max_total_exposure=self.trading.max_total_exposure,
             min_confidence=self.risk.min_confidence, halted=halted, size=size,
         )  # fmt: skip
         out = []
-        for r in ranked:
-            i = r.item.key
+        for rank, (i, reason, _notional) in enumerate(ranked, 1):
             c, sz = cands[i], sized.get(i)
+            taken = reason == ranking.TAKEN
             intents: tuple[OrderIntent, ...] = ()
             record = None
-            if r.taken and isinstance(sz, SizedEntry):
-                intents, record = self._orders(c, sz, levs[i], conf[i], p, version, rows[i])
+            if taken and isinstance(sz, SizedEntry):
+                row = m.X[i].tolist()
+                intents, record = self._orders(c, sz, levs[i], conf[i], p, version, row)
             detail = sz.detail if isinstance(sz, SizingSkip) else ""
-            out.append(Decision(c.symbol, c.side, c.strategy, minute_open_time, r.rank, r.taken,
-                                r.reason, c.score, conf[i], r.ev, p, levs[i], version, c.reasons,
+            out.append(Decision(c.symbol, c.side, c.strategy, minute_open_time, rank, taken,
+                                reason, c.score, conf[i], ev[i], p, levs[i], version, c.reasons,
                                 detail, intents, record))  # fmt: skip
         return out
 
-    def _no_filters(self, symbol: str) -> str | None:
-        return None if symbol in self.filters else NO_FILTERS
-
-    def _leverage(self, c: Candidate, conf: float, win_rate: float) -> int:
-        f = self.filters.get(c.symbol)
-        return compute_leverage(
-            win_rate, conf, c.reward_pct / c.risk_pct, c.risk_pct,
+    def _leverages(
+        self, cands: list[Candidate], conf: list[float], m: ModelInputs, p: float
+    ) -> list[int]:
+        """Leverage of every candidate (leverage.py): reward/risk, stop distance, the
+        symbol's bracket maximum."""
+        f = self.filters
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero risk: refused below
+            rr = m.reward_pct / m.risk_pct
+        return leverage_many(
+            p, np.array(conf, dtype=np.float64), rr, m.risk_pct,
             kelly_fraction=self.risk.kelly_fraction, max_leverage=self.risk.max_leverage,
-            bracket_max=None if f is None else f.max_leverage,
+            bracket_max=[f[c.symbol].max_leverage if c.symbol in f else None for c in cands],
             liquidation_buffer=self.risk.liquidation_buffer,
-        ).leverage  # fmt: skip
+        )  # fmt: skip
 
     def _size(
         self, c: Candidate, lev: int, equity: Decimal | float, available: Decimal | float

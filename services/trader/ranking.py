@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 TAKEN = "taken"
 HALTED = "halted"
@@ -84,40 +85,92 @@ def rank(
     size: Callable[[RankInput], tuple[float, str | None]] | None = None,
 ) -> list[Ranked]:
     """Best-first decisions for one minute's candidates (see module doc for the rules)."""
+    cols = Columns(
+        [it.ev for it in items], [it.confidence for it in items], [it.symbol for it in items],
+        [it.side for it in items], [it.strategy for it in items], [it.key for it in items],
+        [it.blocked for it in items],
+    )  # fmt: skip
+    if size is None:
+        notional = [it.notional for it in items]
+
+        def sized(i: int) -> tuple[float, str | None]:
+            return notional[i], None
+    else:
+
+        def sized(i: int) -> tuple[float, str | None]:
+            return size(items[i])
+
+    ranked = rank_columns(
+        cols, open_symbols=open_symbols, open_notional=open_notional, equity=equity,
+        max_positions=max_positions, max_total_exposure=max_total_exposure,
+        min_confidence=min_confidence, halted=halted, size=sized,
+    )  # fmt: skip
+    return [Ranked(items[i], r, cols.ev[i], reason == TAKEN, reason, n)
+            for r, (i, reason, n) in enumerate(ranked, 1)]  # fmt: skip
+
+
+class Columns(NamedTuple):
+    """A minute's candidates as parallel lists (`rank_columns`); `key` breaks EV ties."""
+
+    ev: Sequence[float]
+    confidence: Sequence[float]
+    symbol: Sequence[str]
+    side: Sequence[str]
+    strategy: Sequence[str]
+    key: Sequence[int]
+    blocked: Sequence[str | None]
+
+
+def rank_columns(
+    cols: Columns,
+    *,
+    open_symbols: Iterable[str],
+    open_notional: float,
+    equity: float,
+    max_positions: int,
+    max_total_exposure: float,
+    min_confidence: float,
+    halted: bool,
+    size: Callable[[int], tuple[float, str | None]],
+) -> list[tuple[int, str, float]]:
+    """The rules of `rank` over columns: (position in the columns, reason, notional) best
+    first, `size(position)` called lazily as there.  WHY columns: the trader ranks a whole
+    minute (hundreds of candidates in the worst case) on its latency path, and one object
+    per candidate in and out costs more than the rules themselves."""
     held = set(open_symbols)
     slots = max_positions - len(held)
     budget = max_total_exposure * equity - open_notional
-    order = sorted(
-        items, key=lambda it: (-it.ev, -it.confidence, it.symbol, it.side, it.strategy, it.key)
-    )
+    ev, conf, symbol, blocked = cols.ev, cols.confidence, cols.symbol, cols.blocked
+    order = sorted(zip([-x for x in ev], [-x for x in conf], symbol, cols.side, cols.strategy,
+                       cols.key, range(len(ev)), strict=True))  # fmt: skip
     taken_symbols: set[str] = set()
-    out: list[Ranked] = []
-    for r, it in enumerate(order, 1):
-        ev, notional = it.ev, 0.0
+    out: list[tuple[int, str, float]] = []
+    for *_, i in order:  # equal keys stay in input order; position i is unique
+        sym, notional = symbol[i], 0.0
         if halted:
             reason = HALTED
-        elif it.blocked:
-            reason = it.blocked
-        elif it.symbol in held:
+        elif blocked[i]:
+            reason = blocked[i]  # type: ignore[assignment]
+        elif sym in held:
             reason = ALREADY_IN_POSITION
-        elif it.confidence < min_confidence:
+        elif conf[i] < min_confidence:
             reason = BELOW_MIN_CONFIDENCE
-        elif ev <= 0.0:
+        elif ev[i] <= 0.0:
             reason = NEGATIVE_EV
-        elif it.symbol in taken_symbols:
+        elif sym in taken_symbols:
             reason = SYMBOL_TAKEN
         elif slots <= 0:
             reason = NO_SLOT
         else:
-            notional, blocked = size(it) if size is not None else (it.notional, None)
-            if blocked:
-                reason = blocked
+            notional, why = size(i)
+            if why:
+                reason = why
             elif notional > budget:
                 reason = EXPOSURE_CAP
             else:
                 reason = TAKEN
                 slots -= 1
                 budget -= notional
-                taken_symbols.add(it.symbol)
-        out.append(Ranked(it, r, ev, reason == TAKEN, reason, notional))
+                taken_symbols.add(sym)
+        out.append((i, reason, notional))
     return out

@@ -7,19 +7,25 @@ as one EVALSHA with the keys (read) or one msgpack blob (write) the loop runs in
 
 - `read_account`: EXISTS halt, HGET account_feed's heartbeat status, HMGET the event times
   of the position slots the trader holds, HGETALL balance, then HGETALL of every position
-  hash - returned as flat field/value lists.
-- `publish_decisions`: XADD (MAXLEN ~) each entry's fields in order, then SET the decided
-  minute, atomically: a minute is never marked decided without its decisions, or published
-  without being marked.
+  hash - returned as flat field/value lists, the empty ones left out (a symbol never
+  traded has no hash; 200 empty replies would cost the trader more to parse than the
+  few real ones).
+- `publish_events`: XADD (MAXLEN ~) each of a minute's events (decisions), then SET the
+  decided minute, atomically: a minute is never marked decided without its decisions, or
+  published without being marked.  The constant fields (type, event time, version) go
+  once and the script writes each entry exactly as `shared.codec.encode_event` would (so
+  `decode_event` / `slt tail` read them as before): only symbol and packed data travel
+  per decision, which keeps the blob and the Python work per decision small.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
+from shared.codec import SCHEMA_VERSION
 from shared.keys import Keys
 
 # KEYS[1] halt, KEYS[2] health hash, KEYS[3] account event-time hash, KEYS[4] balance hash,
@@ -31,21 +37,27 @@ if #ARGV > 0 then
   for i = 1, #ARGV do slots[i] = got[i] or '' end
 end
 local out = {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], 'status') or '', slots}
-for i = 4, #KEYS do
-  out[#out + 1] = redis.call('HGETALL', KEYS[i])
+out[4] = redis.call('HGETALL', KEYS[4])
+for i = 5, #KEYS do
+  local h = redis.call('HGETALL', KEYS[i])
+  if #h > 0 then out[#out + 1] = h end
 end
 return out
 """
 
-# KEYS[1] stream, KEYS[2] last-decided key; ARGV[1] maxlen, ARGV[2] minute, ARGV[3] msgpack
-# list of flat field/value lists (no bin type: Redis 7.0's cmsgpack does not read it).
-PUBLISH_LUA = """
-local batch = cmsgpack.unpack(ARGV[3])
-for _, fields in ipairs(batch) do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+# KEYS[1] stream, KEYS[2] last-decided key; ARGV[1] maxlen, ARGV[2] minute, ARGV[3] type,
+# ARGV[4] event time, ARGV[5] schema version, ARGV[6] msgpack flat list [symbol, data,
+# symbol, data, ...] (no bin type: Redis 7.0's cmsgpack does not read it).  The field
+# order is encode_event's: type, symbol, event_time, v, data.
+PUBLISH_EVENTS_LUA = """
+local batch = cmsgpack.unpack(ARGV[6])
+local stream, maxlen, etype, etime, v = KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[5]
+for i = 1, #batch, 2 do
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', etype, 'symbol', batch[i],
+             'event_time', etime, 'v', v, 'data', batch[i + 1])
 end
 redis.call('SET', KEYS[2], ARGV[2])
-return #batch
+return #batch / 2
 """
 
 
@@ -57,13 +69,14 @@ class TraderRedis:
     def __init__(self, redis: Any, keys: Keys) -> None:
         self.redis, self.keys = redis, keys
         self._read = redis.register_script(READ_ACCOUNT_LUA)
-        self._publish = redis.register_script(PUBLISH_LUA)
+        self._publish_events = redis.register_script(PUBLISH_EVENTS_LUA)
 
     async def read_account(
         self, asset: str, symbols: Sequence[str], watch: Sequence[str] = ()
     ) -> tuple[bool, bytes, dict[bytes, bytes], list[dict[bytes, bytes]], dict[str, int]]:
-        """(halted, account_feed status, balance hash, position hashes in symbol order,
-        event time of each `watch` symbol's position slot that has one) - one snapshot."""
+        """(halted, account_feed status, balance hash, the non-empty position hashes in
+        symbol order, event time of each `watch` symbol's position slot that has one) - one
+        snapshot."""
         k = self.keys
         keys = [k.halt, k.health("account_feed"), k.account_state, k.balance(asset),
                 *map(k.position, symbols)]  # fmt: skip
@@ -77,10 +90,12 @@ class TraderRedis:
                 continue  # no slot (never traded) or damaged: confirms nothing
         return bool(raw[0]), status, _pairs(raw[3]), [_pairs(h) for h in raw[4:]], slots
 
-    async def publish_decisions(
-        self, entries: Sequence[Mapping[str, Any]], minute: int, maxlen: int
-    ) -> int:
-        flat = [[x for kv in e.items() for x in kv] for e in entries]
-        blob = msgpack.packb(flat, use_bin_type=False)
+    async def publish_events(
+        self, etype: str, event_time: int, events: Sequence[tuple[str, bytes]], minute: int,
+        maxlen: int,
+    ) -> int:  # fmt: skip
+        """One minute's `(symbol, packed data)` events (`shared.codec.pack`), in order."""
+        blob = msgpack.packb([x for e in events for x in e], use_bin_type=False)
         keys = [self.keys.stream_signals, self.keys.trader_last_decided]
-        return int(await self._publish(keys=keys, args=[maxlen, str(minute), blob]))
+        args = [maxlen, str(minute), etype, str(int(event_time)), str(SCHEMA_VERSION), blob]
+        return int(await self._publish_events(keys=keys, args=args))

@@ -10,8 +10,10 @@ Inputs
 - `Keys.stream_trades` (consumer group from the start): each closed trade reaches the core
   and the learner once (`model_io.ModelLifecycle.on_trade`); retraining runs in a worker
   thread after `model.retrain_after_trades` trades or on schedule (event time).
-- Account: cache first, REST fallback (`account_view.AccountView`), read only for minutes
-  with candidates; the halt switch `Keys.halt` with it, on every decision.
+- Account: cache first, REST fallback (`account_view.AccountView`), used only for minutes
+  with candidates; the halt switch `Keys.halt` with it, on every decision.  The read is
+  started before the batch that completes a minute is fed (`_prefetch_account`), so it
+  overlaps the feed instead of following it.
 
 Outputs
 - `Keys.stream_signals`: every decision, taken or not and why (`Decision.to_dict()`), in
@@ -27,6 +29,11 @@ Outputs
 Start-up: exchange filters, consumer groups (before the history, so nothing falls in
 between), history over REST (`trading.history_bars` per symbol warm the contexts, so the
 very next closed kline can be decided), the model (`model_io`), restored trades.
+
+Latency (bench/bench_trader_decide.py; issue #6: a minute's 400 decisions published within
+tens of ms of its last kline): kline acks ride with the next read (`ack_with_read`), the
+account read overlaps the feed, cyclic GC waits until the minute is published
+(`latency.GcHold`), and the core works over arrays where a minute has hundreds of rows.
 """
 
 from __future__ import annotations
@@ -35,18 +42,17 @@ import asyncio
 import gc
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 from redis.exceptions import RedisError
 
-from services.trader.account_view import AccountUnavailable, AccountView
+from services.trader.account_view import AccountSnapshot, AccountUnavailable, AccountView
 from services.trader.core import Decision, TraderCore
 from services.trader.execution import EntryExecutor, ExecutionOptions, ExecutionReport
 from services.trader.hold_keeper import HoldKeeper
 from services.trader.labels import Bars
+from services.trader.latency import DecisionTiming, GcHold, drop_result
 from services.trader.learner import Learner, ModelStore
 from services.trader.minute_gate import MinuteGate
 from services.trader.model_io import ModelLifecycle, bars_of, fetch_closed_klines, parse_trade
@@ -56,7 +62,7 @@ from shared.binance.client import BinanceClient
 from shared.binance.errors import ExchangeError
 from shared.binance.retry import retry_async
 from shared.bus import Consumer
-from shared.codec import decode_event, encode_event
+from shared.codec import decode_event, packer
 from shared.errors import MessageError
 from shared.filters import SymbolFilters, parse_exchange_info
 from shared.health import Status
@@ -72,37 +78,14 @@ _COUNTERS = ("klines_in", "klines_ignored", "bad_messages", "minutes_decided", "
 
 
 COLD_START_SYMBOLS = 20  # symbols whose deep REST history labels the cold start
+# Event-loop turns the prefetched account read needs to reach its socket write: one for
+# the task's first step, one for redis-py's write task (it writes through asyncio.wait_for
+# when the connection has a socket timeout, the default).  Fewer only loses the overlap.
+PREFETCH_YIELDS = 2
 
 
 def _mono_ms() -> int:
     return int(time.monotonic() * 1000)
-
-
-class DecisionTiming:
-    """Where a decided minute's time goes: from the batch holding its last kline (read)
-    to its decisions published.  Stages: feed (parse + context updates up to the
-    decision), account (cache/REST read), decide (the core: score, rank, size), publish."""
-
-    STAGES = ("feed", "account", "decide", "publish", "total")
-
-    def __init__(self, keep: int = 1000) -> None:
-        self.samples = {s: deque[float](maxlen=keep) for s in self.STAGES}
-        self.last_ms: float | None = None
-
-    def add(self, *marks: float) -> None:
-        for stage, a, b in zip(self.STAGES, marks, marks[1:], strict=False):
-            self.samples[stage].append((b - a) * 1000)
-        self.last_ms = round((marks[-1] - marks[0]) * 1000, 3)
-        self.samples["total"].append(self.last_ms)
-
-    def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"last_decision_latency_ms": self.last_ms}
-        for stage, xs in self.samples.items():
-            if xs:
-                p50, p99 = np.percentile(list(xs), (50, 99))
-                out[f"latency_{stage}_p50_ms"] = round(float(p50), 3)
-                out[f"latency_{stage}_p99_ms"] = round(float(p99), 3)
-        return out
 
 
 class TraderService(Service):
@@ -137,6 +120,8 @@ class TraderService(Service):
         self._lock = asyncio.Lock()  # one minute decided at a time, klines fed in order
         self._gate_moved = asyncio.Event()
         self._iv = 60_000
+        self.gc_hold = GcHold()
+        self._packer = packer()  # decisions are packed on the event loop's thread only
 
     # ---- lifecycle ------------------------------------------------------------------
     async def setup(self) -> None:
@@ -148,7 +133,10 @@ class TraderService(Service):
         params = self._params or SignalParams.from_risk(s.risk)
         self.learner = Learner(s.model, store=ModelStore(s.model.dir))
         self.core = TraderCore(s, filters, self.learner, signal_params=params)
-        self.klines_in = self.consumer(self.keys.stream_klines, start_id="$", count=1000)
+        # acks ride with the next read: a minute's klines come in a few batches, and the
+        # next one is wanted at once (bus.py, `ack_with_read`)
+        self.klines_in = self.consumer(self.keys.stream_klines, start_id="$", count=1000,
+                                       ack_with_read=True)  # fmt: skip
         self.trades_in = self.consumer(self.keys.stream_trades, start_id="0", count=100)
         await self.klines_in.ensure_group()  # before the history: nothing falls in between
         await self.trades_in.ensure_group()
@@ -193,6 +181,7 @@ class TraderService(Service):
         self._gate_moved.set()  # the timer notices the stop at once
 
     async def teardown(self) -> None:
+        self.gc_hold.release()
         if self.client is not None:
             await self.client.close()
 
@@ -250,20 +239,53 @@ class TraderService(Service):
     async def _on_klines(self, batch: list[tuple[str, dict[bytes, bytes]]]) -> None:
         t_read = time.perf_counter()
         async with self._lock:
+            self.gc_hold.hold()
+            try:
+                await self._feed_batch(batch, t_read)
+            finally:
+                if self.gate.current is None:  # no minute open: nothing waits now
+                    self.gc_hold.release()
+        self._gate_moved.set()
+
+    async def _feed_batch(self, batch: list[tuple[str, dict[bytes, bytes]]], t_read: float) -> None:
+        """Parse and feed each kline; decide a minute as soon as the gate closes it."""
+        account = self._prefetch_account(len(batch))
+        for _ in range(PREFETCH_YIELDS if account is not None else 0):
+            await asyncio.sleep(0)  # the read goes out before the feed starts
+        # the batch's receive time (wall for the core, monotonic for the gate)
+        now_ms, mono_ms = int(time.time() * 1000), _mono_ms()
+        parse, gate, feed = self._parse, self.gate, self.core.on_closed_kline
+        try:
             for _entry_id, fields in batch:
-                k = self._parse(fields)
+                k = parse(fields)
                 if k is None:
                     continue
-                minute = self.gate.before(k.open_time)
+                minute = gate.before(k.open_time)
                 if minute is not None:
-                    await self._decide(minute, t_read)
-                self.core.on_closed_kline(k, int(time.time() * 1000))
+                    await self._decide(minute, t_read, account)
+                    account = None
+                feed(k, now_ms)
                 self.c["klines_in"] += 1
                 self.mark_event(k.event_time)
-                minute = self.gate.after(k.symbol, k.open_time, k.event_time, _mono_ms())
+                minute = gate.after(k.symbol, k.open_time, k.event_time, mono_ms)
                 if minute is not None:
-                    await self._decide(minute, t_read)
-        self._gate_moved.set()
+                    await self._decide(minute, t_read, account)
+                    account = None
+        finally:
+            if account is not None:  # prefetched for a minute this batch did not close
+                account.add_done_callback(drop_result)
+
+    def _prefetch_account(self, n_klines: int) -> asyncio.Task[AccountSnapshot] | None:
+        """The account read for a minute this batch will probably complete (rule 1 of the
+        gate), started BEFORE the batch is fed: Redis answers while the klines are parsed
+        and fed, instead of after (one round trip off the decision's path).  The snapshot
+        is as fresh as one read at the decision: nothing between here and there changes
+        the account except an entry finishing, and that symbol is held (hold_keeper) and
+        counted as open either way."""
+        gate = self.gate
+        if not gate.symbols or len(gate.seen) + n_klines < len(gate.symbols):
+            return None
+        return asyncio.ensure_future(self.account.snapshot(self.holds.watch()))
 
     def _parse(self, fields: dict[bytes, bytes]) -> Kline | None:
         try:
@@ -296,17 +318,25 @@ class TraderService(Service):
             async with self._lock:
                 minute = self.gate.expire(_mono_ms())
                 if minute is not None:
-                    await self._decide(minute, time.perf_counter())
+                    try:
+                        await self._decide(minute, time.perf_counter())
+                    finally:
+                        self.gc_hold.release()
 
-    async def _decide(self, minute: int, t_read: float) -> None:
-        """Decide one minute, publish every decision, queue the taken ones."""
+    async def _decide(
+        self, minute: int, t_read: float, account: asyncio.Task[AccountSnapshot] | None = None
+    ) -> None:
+        """Decide one minute, publish every decision, queue the taken ones.  `account`: a
+        read already started for it (`_prefetch_account`), awaited instead of a new one."""
         self.c["minutes_decided"] += 1
         if not self.core.pending_candidates(minute):
+            if account is not None:
+                account.add_done_callback(drop_result)
             await self._publish(minute, [])
             self.models.maybe_retrain(minute + self._iv)
             return
         t_acc = time.perf_counter()
-        equity, available, positions = await self._account(minute)
+        equity, available, positions = await self._account(minute, account)
         t_core = time.perf_counter()
         decisions = self.core.decide(minute, equity, available, positions, self.halted)
         t_pub = time.perf_counter()
@@ -324,11 +354,13 @@ class TraderService(Service):
                 self.not_taken[d.reason] = self.not_taken.get(d.reason, 0) + 1
         self.models.maybe_retrain(minute + self._iv)
 
-    async def _account(self, minute: int) -> tuple[Any, Any, dict[str, Any]]:
+    async def _account(
+        self, minute: int, pending: asyncio.Task[AccountSnapshot] | None = None
+    ) -> tuple[Any, Any, dict[str, Any]]:
         """(equity, available, open positions incl. entries queued or in flight); when
         the account cannot be read the minute is decided as halted (fail safe, visible)."""
         try:
-            snap = await self.account.snapshot(self.holds.watch())
+            snap = await (pending or self.account.snapshot(self.holds.watch()))
         except AccountUnavailable as exc:
             self.c["account_unavailable"] += 1
             log.warning("%s; minute %d decided as halted", exc, minute)
@@ -340,13 +372,13 @@ class TraderService(Service):
                                              **snap.positions}  # fmt: skip
 
     async def _publish(self, minute: int, decisions: list[Decision]) -> bool:
-        """Every decision to `Keys.stream_signals` + the decided minute, one round trip."""
-        close_ms = minute + self._iv
-        entries = [encode_event("decision", d.to_dict(), symbol=d.symbol, event_time=close_ms)
-                   for d in decisions]  # fmt: skip
+        """Every decision to `Keys.stream_signals` + the decided minute, one round trip
+        (entries as `encode_event("decision", d.to_dict(), symbol=, event_time=close)`)."""
+        pack = self._packer.pack
+        events = [(d.symbol, pack(d.to_dict())) for d in decisions]
         try:
-            await self.io.publish_decisions(entries, minute,
-                                            self.bus.maxlen(self.keys.stream_signals))  # fmt: skip
+            await self.io.publish_events("decision", minute + self._iv, events, minute,
+                                         self.bus.maxlen(self.keys.stream_signals))  # fmt: skip
         except (RedisError, OSError) as exc:  # nothing is executed without its record
             self.c["publish_errors"] += 1
             log.error("decisions of minute %d not published: %r", minute, exc)

@@ -6,6 +6,11 @@ volumes (AVAX prints 19.8070 → tick 0.001, 4 decimals), so replayed bars forma
 strings Binance printed and the engine accepts the same prices. Columns missing from a file
 (freqtrade exports lack quote volume, trade count and taker volume) are estimated: quote volume
 = volume × (h + l + c) / 3, taker buy = half, trades = 0; `estimated` lists those symbols.
+
+Reading: numpy's C parser when the file is plain enough to vouch for the result
+(`fast_parse`), the exact Python reading otherwise (which also words the errors); the spec
+is inferred from the first 5000 rows' printed strings either way.  An optional `KlineCache`
+keeps parsed files, so a backtest's second run over the same files does not parse them.
 """
 
 from __future__ import annotations
@@ -13,18 +18,27 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import chain, repeat
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..specs import SymbolSpec, default_spec
 from .bar import INTERVALS_MS, Bar, MarketBase
+from .fast_parse import SAMPLE as _SAMPLE
+from .fast_parse import Sample, fast_csv, fast_json
+from .kline_cache import KlineCache
 
 _NAME = re.compile(r"^([A-Za-z0-9]+)(?:-(\d+[smhdwM]))?(?:-[^.]*)?\.(csv|json)(?:\.gz)?$")
 _FIELDS = ("open_time", "o", "h", "l", "c", "v", "close_time", "q", "n", "tv", "tq")
+_INTS = ("open_time", "close_time", "n")
+_SCHEMA = {k: np.int64 if k in _INTS else np.float64 for k in _FIELDS}
 
 
 class ReplayFormatError(ValueError):
@@ -63,17 +77,31 @@ def parse_name(path: str | Path) -> tuple[str, int | None]:
     return m.group(1).upper(), INTERVALS_MS[interval] if interval else None
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    return raw.decode("utf-8")
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ReplayFormatError(str(path), f"not a readable gzip file: {exc}") from None
+    return raw
 
 
-def _rows(path: Path) -> list[list[str]]:
-    text = _read_text(path)
+def _text(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReplayFormatError(str(path), "not UTF-8 text") from None
+
+
+def _rows(raw: bytes, path: Path) -> list[list[str]]:
+    """Every row as strings: the exact (slow) reading, used when the fast one declines."""
+    text = _text(raw, path)
     if ".json" in path.suffixes:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ReplayFormatError(str(path), f"bad JSON: {exc}") from None
         if not isinstance(data, list):
             raise ReplayFormatError(str(path), "JSON must be a list of kline arrays")
         return [[str(x) for x in row] for row in data]
@@ -85,14 +113,11 @@ def _rows(path: Path) -> list[list[str]]:
 
 
 def _decimals(values: Iterable[str]) -> tuple[int, int]:
-    """(max decimals as printed, max significant decimals) over some number strings."""
-    printed = significant = 0
-    for s in values:
-        if "." in s:
-            frac = s.split(".", 1)[1]
-            printed = max(printed, len(frac))
-            significant = max(significant, len(frac.rstrip("0")))
-    return printed, significant
+    """(max decimals as printed, max significant decimals) over some number strings.
+    C-level maps over the distinct strings: this runs on every cold load."""
+    fracs = list(map(itemgetter(2), map(str.partition, set(values), repeat("."))))
+    printed = max(map(len, fracs), default=0)
+    return printed, max(map(len, map(str.rstrip, fracs, repeat("0"))), default=0)
 
 
 def _columns(rows: list[list[str]], path: Path) -> list[tuple[str, ...]]:
@@ -102,51 +127,101 @@ def _columns(rows: list[list[str]], path: Path) -> list[tuple[str, ...]]:
     return list(zip(*rows, strict=False))[:width]
 
 
-def _column(
-    vals: tuple[str, ...], i: int, path: Path, kind: type = float
-) -> tuple[np.ndarray, bool]:
-    """One column; (values, missing) where missing means the file left it empty."""
-    dtype = np.int64 if kind is int else np.float64
+def _column(vals: tuple[str, ...], i: int, path: Path) -> tuple[np.ndarray, bool]:
+    """One column as float64; (values, missing) where missing means the file left it empty."""
     if not any(vals):
-        return np.zeros(len(vals), dtype=dtype), True
+        return np.zeros(len(vals), dtype=np.float64), True
     try:
         arr = np.fromiter(map(float, vals), dtype=np.float64, count=len(vals))
     except ValueError as exc:
         raise ReplayFormatError(str(path), f"bad number in column {i}: {exc}") from None
-    return (arr.astype(np.int64) if kind is int else arr), False
+    return arr, False
 
 
-def load_file(path: str | Path) -> SymbolData:
-    """Read one kline file into columns plus an inferred spec."""
+def _exact(raw: bytes, path: Path) -> tuple[np.ndarray, int, Sample]:
+    """(values, columns present, spec sample) by the exact reading: every field through
+    Python's float(), short rows padded, a partly empty column named as an error."""
+    rows = _rows(raw, path)
+    if not rows:
+        raise ReplayFormatError(str(path), "no klines")
+    table = np.zeros((len(rows), len(_FIELDS)))
+    present = 0
+    columns = _columns(rows, path)
+    for i, vals in enumerate(columns):
+        arr, gone = _column(vals, i, path)
+        table[:, i] = arr
+        present |= 0 if gone else 1 << i
+    return table, present, [c[:_SAMPLE] for c in columns[:6]]
+
+
+def load_file(path: str | Path, cache: KlineCache | None = None) -> SymbolData:
+    """Read one kline file into columns plus an inferred spec; with a `cache`, a file read
+    before (same path, size and mtime) is taken from it instead of parsed."""
     p = Path(path)
     symbol, named_interval = parse_name(p)
-    rows = _rows(p)
-    if not rows:
-        raise ReplayFormatError(str(p), "no klines")
-    cols: dict[str, np.ndarray] = {}
-    missing: set[str] = set()
-    for i, (key, vals) in enumerate(zip(_FIELDS, _columns(rows, p), strict=True)):
-        arr, gone = _column(vals, i, p, int if key in ("open_time", "close_time", "n") else float)
-        cols[key] = arr
-        if gone:
-            missing.add(key)
+    if cache is not None:
+        hit = cache.get(p, _SCHEMA)
+        restored = None if hit is None else _restore(symbol, *hit)
+        if restored is not None:
+            return restored
+    raw = _read_bytes(p)
+    fast = fast_json(raw) if ".json" in p.suffixes else fast_csv(raw)
+    table, present, sample = fast if fast is not None else _exact(raw, p)
+    data, hints = _finish(p, symbol, named_interval, table, present, sample)
+    if cache is not None:
+        cache.put(p, data.cols, {"spec": hints, "interval_ms": data.interval_ms,
+                                 "estimated": data.estimated})  # fmt: skip
+    return data
+
+
+def _restore(symbol: str, cols: dict[str, np.ndarray], meta: dict[str, Any]) -> SymbolData | None:
+    """A cache entry back into SymbolData, or None if its meta or order does not hold up
+    (then the file is parsed again and the entry rewritten)."""
+    try:
+        spec = _spec(symbol, float(cols["c"][0]), meta["spec"])
+        interval, estimated = int(meta["interval_ms"]), meta["estimated"]
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        return None
+    ot = cols["open_time"]
+    if interval <= 0 or not isinstance(estimated, bool) or not (ot[1:] > ot[:-1]).all():
+        return None
+    return SymbolData(symbol, interval, cols, spec, estimated)
+
+
+def _finish(
+    p: Path,
+    symbol: str,
+    named_interval: int | None,
+    table: np.ndarray,
+    present: int,
+    sample: Sample,
+) -> tuple[SymbolData, list[Any]]:
+    """Columns from a parsed (rows, fields) table: sorted, deduplicated, ms timestamps,
+    missing ones estimated; and the spec hints inferred from the sample."""
+    missing = {k for i, k in enumerate(_FIELDS) if not present >> i & 1}
     if {"open_time", "o", "h", "l", "c", "v"} & missing:
         raise ReplayFormatError(str(p), "open time, OHLC and volume are required")
+    cols: dict[str, np.ndarray] = {}
+    for i, key in enumerate(_FIELDS):  # a table may stop before the trailing missing columns
+        col = table[:, i] if i < table.shape[1] else np.zeros(len(table))
+        cols[key] = col.astype(np.int64) if key in _INTS else np.ascontiguousarray(col)
     if cols["open_time"][0] > 10**14:  # microsecond timestamps (newer public-data files)
         cols["open_time"] //= 1000
         cols["close_time"] //= 1000
-    order = np.argsort(cols["open_time"], kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
-    keep = np.concatenate(([True], np.diff(cols["open_time"]) > 0))
-    cols = {k: v[keep] for k, v in cols.items()}
+    ot = cols["open_time"]
+    if not (len(ot) < 2 or bool((ot[1:] > ot[:-1]).all())):  # already sorted: no copies
+        order = np.argsort(ot, kind="stable")
+        cols = {k: v[order] for k, v in cols.items()}
+        keep = np.concatenate(([True], np.diff(cols["open_time"]) > 0))
+        cols = {k: v[keep] for k, v in cols.items()}
     interval = named_interval or _infer_interval(cols, p)
     if "close_time" in missing:
         cols["close_time"] = cols["open_time"] + interval - 1
-    sample = rows[: min(len(rows), 5000)]
-    spec = _infer_spec(symbol, sample, float(cols["c"][0]))
+    hints = _spec_hints(sample)
+    spec = _spec(symbol, float(cols["c"][0]), hints)
     estimated = bool(missing & {"q", "n", "tv", "tq"})
     _fill_missing(cols, missing, spec)
-    return SymbolData(symbol, interval, cols, spec, estimated)
+    return SymbolData(symbol, interval, cols, spec, estimated), hints
 
 
 def _infer_interval(cols: dict[str, np.ndarray], path: Path) -> int:
@@ -158,13 +233,18 @@ def _infer_interval(cols: dict[str, np.ndarray], path: Path) -> int:
     return span
 
 
-def _infer_spec(symbol: str, sample: list[list[str]], price: float) -> SymbolSpec:
-    prices = [r[i] for r in sample for i in (1, 2, 3, 4)]
-    printed, significant = _decimals(prices)
-    _, vol_dp = _decimals(r[5] for r in sample)
-    tick = Decimal(1).scaleb(-significant)
-    step = Decimal(1).scaleb(-vol_dp)
-    return default_spec(symbol, price, tick_size=tick, step_size=step, price_precision=printed)
+def _spec_hints(sample: Sample) -> list[Any]:
+    """[price decimals printed, tick, step] as the sample's strings show them (JSON-able,
+    so the cache can keep them)."""
+    printed, significant = _decimals(chain(*sample[1:5]))
+    _, vol_dp = _decimals(sample[5])
+    return [printed, str(Decimal(1).scaleb(-significant)), str(Decimal(1).scaleb(-vol_dp))]
+
+
+def _spec(symbol: str, price: float, hints: list[Any]) -> SymbolSpec:
+    printed, tick, step = hints
+    return default_spec(symbol, price, tick_size=Decimal(tick), step_size=Decimal(step),
+                        price_precision=int(printed))  # fmt: skip
 
 
 def _fill_missing(cols: dict[str, np.ndarray], missing: set[str], spec: SymbolSpec) -> None:
@@ -194,11 +274,14 @@ class ReplayMarket(MarketBase):
         self._end = int(max(d.cols["open_time"][-1] for d in data.values())) + self.interval_ms
 
     @classmethod
-    def from_files(cls, paths: Iterable[str | Path]) -> ReplayMarket:
-        """Load files; several files of one symbol (e.g. consecutive months) are merged."""
+    def from_files(
+        cls, paths: Iterable[str | Path], cache: KlineCache | None = None
+    ) -> ReplayMarket:
+        """Load files; several files of one symbol (e.g. consecutive months) are merged.
+        `cache` keeps parsed files for the next load (see kline_cache)."""
         merged: dict[str, SymbolData] = {}
         for path in sorted(map(str, paths)):
-            d = load_file(path)
+            d = load_file(path, cache)
             prev = merged.get(d.symbol)
             if prev is None:
                 merged[d.symbol] = d
