@@ -70,13 +70,12 @@ class Keys:
 
     # ---- latest state (hashes) ---------------------------------------------
     def kline(self, symbol: str) -> str:
-        """Latest closed kline of a symbol (seed cache format). Writer: kline_feed/rest_fallback."""
+        """Latest closed kline of a symbol (seed cache format). Its `open_time` field is
+        also the exactly-once guard: the last open time published to `stream:klines`.
+        Writer: shared.kline_publisher's script only (kline_feed, rest_fallback).
+        Readers: `KlinePublisher.last_open_times`, get_cached_kline, rest_fallback.
+        (The guard's former hash `kline:last_open_time` is no longer written or read.)"""
         return f"{self.prefix}kline:{symbol}"
-
-    @property
-    def kline_last_open(self) -> str:
-        """Hash symbol -> open time of the last published closed kline (exactly-once guard)."""
-        return f"{self.prefix}kline:last_open_time"
 
     @property
     def prices(self) -> str:

@@ -1,93 +1,109 @@
 """The ONE exactly-once path for closed klines into Redis, shared by kline_feed and
 rest_fallback, plus the REST backfill both use to fill gaps.
 
-Identity of a kline is (symbol, open time).  A Lua script compares the open time with
-`HGET <prefix>kline:last_open_time <symbol>` and only when it is newer does, atomically:
-`XADD <prefix>stream:klines MAXLEN ~ n` (the bus format of `shared.codec`), `HSET` the
-`<prefix>kline:<SYMBOL>` cache hash (the seed's format, `Kline.to_cache_hash()`) and
-`HSET` the new last open time.  Anything not newer is a duplicate and changes nothing.
-So a reconnect, a duplicate message, a backfill, a second feed instance or rest_fallback
-can all offer the same kline: it reaches the stream once.  The check lives in Redis, not in
-process memory, because several processes publish.
+Identity of a kline is (symbol, open time).  A Lua script compares the open time with the
+`open_time` field of the symbol's `<prefix>kline:<SYMBOL>` cache hash (the seed's format,
+`Kline.to_cache_hash()`, written by this script only) and only when it is newer does,
+atomically: `XADD <prefix>stream:klines MAXLEN ~ n` (the bus format of `shared.codec`) and
+`HSET` the cache hash, whose `open_time` is then the new guard.  Anything not newer is a
+duplicate and changes nothing.  So a reconnect, a duplicate message, a backfill, a second
+feed instance or rest_fallback can all offer the same kline: it reaches the stream once.
+The check lives in Redis, not in process memory, because several processes publish.
+(The guard used to be a separate hash `kline:last_open_time`; folding it into the cache
+hash saves a write per kline.  Both were always written together, so an upgraded
+deployment reads the same value; the old hash is no longer written or read.)
 
 What the script cannot do is fill a hole: once minute M is in, M-1 can never be added.
 Gaps are therefore prevented by the CALLER: per symbol, publishing is sequential, and a
 kline whose open time is more than one interval past the last one is only published after
 the missing ones were fetched over REST and published in order (`Backfiller.fill`).
+A caller that pipelines (kline_feed's `PublishLane`) may also pass, per kline, the open
+time that must be the last one in Redis (`expect`): if it is not (an earlier command on
+the pipeline failed), the kline is refused (`PublishResult.refused`) rather than
+published over a hole, and the caller backfills.
 
-A batch of klines goes in a few pipelined `EVALSHA`s on one connection (the script loops
-over a chunk), so a minute's 200 closes take one round trip and their encoding overlaps
-the script's run.  Redis Cluster: every key a script touches must hash to one
-slot, so there use a prefix with a hash tag, e.g. `{slt}:`; the script already declares
-all its keys in KEYS.
+A batch goes in pipelined `EVALSHA`s of CHUNK klines each (the script loops over a chunk;
+the encoding is `shared.kline_encoding`), so a minute's 200 closes take one round trip
+and their encoding overlaps the script's run.  Redis Cluster: every key a script touches must hash to one slot, so there use a
+prefix with a hash tag, e.g. `{slt}:`; the script already declares all its keys in KEYS.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
-from operator import attrgetter
-from typing import Any, NamedTuple, get_type_hints
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
-import msgpack
 from redis.exceptions import NoScriptError
 
-from shared.codec import encode_event
 from shared.errors import MessageError
 from shared.keys import Keys
+from shared.kline_encoding import (
+    CACHE_FIELDS,
+    NO_EXPECT,
+    STREAM_FIELDS,
+    AnyKline,
+    kline_entry,
+    pack_batch,
+    resp_command,
+)
 from shared.models import Kline
 
 __all__ = [
     "Backfiller",
     "FillResult",
     "KlinePublisher",
+    "CACHE_FIELDS",
+    "NO_EXPECT",
+    "STREAM_FIELDS",
     "PublishResult",
     "closed_rest_klines",
     "get_cached_kline",
     "get_price",
     "interval_ms",
     "kline_entry",
+    "resp_command",
 ]
 
 MAX_REST_LIMIT = 1500
 CHUNK = 32  # klines per EVALSHA (the chunks of a batch are pipelined)
 
-# KEYS[1] last-open hash, KEYS[2] stream, KEYS[2+i] cache hash of kline i.
-# ARGV[1] maxlen, ARGV[2] the batch as msgpack (no bin type: Redis 7.0's cmsgpack does not
-# read it): [cache field names, stream field names, [symbol, open time (str), [cache
-# values], [stream values]], ...].  One blob with the names once, instead of ~40 arguments
-# per kline, keeps redis-py's per-argument packing (slow, in Python) off the hot path.
-# Returns, per kline, two items: the entry id (published) or 0 (duplicate), and the
-# symbol's last open time after the call.
+# KEYS[1] stream, KEYS[1 + i] cache hash of kline i.  ARGV[1] maxlen, ARGV[2] the batch as
+# ONE flat msgpack array (no bin type: Redis 7.0's cmsgpack does not read it; flat: one Lua
+# table, not three per kline): [#cache names, #stream names, index of open_time among the
+# cache values, cache names..., stream names..., then per kline: expect, cache values...,
+# stream values...].  One blob instead of ~40 arguments per kline keeps redis-py's
+# per-argument packing (slow, in Python) off the hot path; the names go once, into two
+# argument tables reused for every kline (no table built per kline).
+# Returns, per kline, two items: the entry id (published), 0 (duplicate) or -1 (refused:
+# the last open time in Redis is not `expect`), and the last open time after the call
+# (-1: none).
 PUBLISH_LUA = """
-local last_key, stream, maxlen = KEYS[1], KEYS[2], ARGV[1]
-local batch = cmsgpack.unpack(ARGV[2])
-local cache_names, stream_names = batch[1], batch[2]
-local function zip(names, values)
-  local t = {}
-  for j = 1, #names do
-    t[2 * j - 1] = names[j]
-    t[2 * j] = values[j]
-  end
-  return t
-end
-local out = {}
-for i = 3, #batch do
-  local k = batch[i]
-  local sym, ots = k[1], k[2]
-  local ot = tonumber(ots)
-  local last = tonumber(redis.call('HGET', last_key, sym))
+local stream, maxlen = KEYS[1], ARGV[1]
+local b = cmsgpack.unpack(ARGV[2])
+local nc, ns, oti = b[1], b[2], b[3]
+local ca, sa = {}, {}
+for j = 1, nc do ca[2 * j - 1] = b[3 + j] end
+for j = 1, ns do sa[2 * j - 1] = b[3 + nc + j] end
+local p = 4 + nc + ns
+local call, out, n = redis.call, {}, 0
+for i = 2, #KEYS do
+  local key, expect = KEYS[i], b[p]
+  local ot = tonumber(b[p + oti])
+  local last = tonumber(call('HGET', key, 'open_time'))
   if last and last >= ot then
-    out[#out + 1] = 0
-    out[#out + 1] = last
+    out[n + 1], out[n + 2] = 0, last
+  elseif expect >= 0 and last ~= expect then
+    out[n + 1], out[n + 2] = -1, last or -1
   else
-    out[#out + 1] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
-                               unpack(zip(stream_names, k[4])))
-    out[#out + 1] = ot
-    redis.call('HSET', KEYS[i], unpack(zip(cache_names, k[3])))
-    redis.call('HSET', last_key, sym, ots)
+    for j = 1, ns do sa[2 * j] = b[p + nc + j] end
+    out[n + 1], out[n + 2] = call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(sa)), ot
+    for j = 1, nc do ca[2 * j] = b[p + j] end
+    call('HSET', key, unpack(ca))
   end
+  n = n + 2
+  p = p + 1 + nc + ns
 end
 return out
 """
@@ -104,52 +120,30 @@ def interval_ms(interval: str) -> int:
 
 
 class PublishResult(NamedTuple):
-    """`entry_id` is the stream id when published, None for a duplicate; `last_open` is
-    the symbol's last published open time in Redis after the call (authoritative)."""
+    """`entry_id` is the stream id when published, None otherwise; `last_open` is the
+    symbol's last published open time in Redis after the call (authoritative; -1: none).
+    `refused`: not published because Redis's last open time was not the `expect`ed one
+    (neither published nor a duplicate: the caller must backfill first)."""
 
     entry_id: str | None
     last_open: int
+    refused: bool = False
 
     @property
     def published(self) -> bool:
         return self.entry_id is not None
 
 
-KLINE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Kline))
-CACHE_FIELDS: tuple[str, ...] = (*KLINE_FIELDS, "timestamp")
-STREAM_FIELDS: tuple[str, ...] = tuple(
-    encode_event("kline", {}, symbol="X", event_time=0)
-)  # type, symbol, event_time, v, data
-_values = attrgetter(*KLINE_FIELDS)
-
-
-def _bool_text(v: bool) -> str:
-    return "1" if v else "0"
-
-
-# How `Kline.to_cache_hash` writes each field (shared.models._hash_out), by declared type.
-_HINTS = get_type_hints(Kline)
-_TEXT = tuple(
-    repr if _HINTS[f] is float else _bool_text if _HINTS[f] is bool else str for f in KLINE_FIELDS
-)
-
-
-def kline_entry(k: Kline) -> tuple[list[str], list[Any]]:
-    """(cache hash values in CACHE_FIELDS order, stream entry values in STREAM_FIELDS
-    order) of one kline.
-
-    The same as `to_cache_hash()` and `encode_event("kline", to_dict(), ...)`, built from
-    one C-level attribute fetch and a per-field formatter chosen once by type, instead of
-    `dataclasses.fields()` and type tests per call: this runs for every closed kline
-    (tests/test_kline_publisher.py checks the equivalence with Hypothesis)."""
-    vals = _values(k)
-    cache = [fmt(v) for fmt, v in zip(_TEXT, vals, strict=True)]
-    cache.append(cache[2])  # timestamp = open time, as in the seed's example
-    event = encode_event(
-        "kline", dict(zip(KLINE_FIELDS, vals, strict=True)), symbol=k.symbol,
-        event_time=k.event_time,
-    )  # fmt: skip
-    return cache, list(event.values())
+def parse_results(raw: Sequence[Any]) -> list[PublishResult]:
+    """The script's reply -> one PublishResult per kline."""
+    out = []
+    for i in range(0, len(raw), 2):
+        entry, last = raw[i], int(raw[i + 1])
+        if isinstance(entry, bytes):
+            out.append(PublishResult(entry.decode(), last))
+        else:
+            out.append(PublishResult(None, last, entry == -1))
+    return out
 
 
 class KlinePublisher:
@@ -161,17 +155,29 @@ class KlinePublisher:
         self.maxlen = int(maxlen)
         self._sha: str | bytes | None = None
 
-    def _args(self, klines: Sequence[Kline]) -> tuple[list[str], list[Any]]:
-        keys = [self.keys.kline_last_open, self.keys.stream_klines]
-        batch: list[Any] = [CACHE_FIELDS, STREAM_FIELDS]
+    def eval_args(
+        self, klines: Sequence[AnyKline], expects: Sequence[int] | None = None
+    ) -> list[str | bytes | int]:
+        """`EVALSHA` and its arguments for one chunk (the script must be loaded)."""
         kline_key = self.keys.kline
-        for k in klines:
-            cache, stream = kline_entry(k)
-            keys.append(kline_key(k.symbol))
-            batch.append((k.symbol, cache[2], cache, stream))
-        return keys, [self.maxlen, msgpack.packb(batch, use_bin_type=False)]
+        assert self._sha is not None, "load_script() first"
+        return ["EVALSHA", self._sha, 1 + len(klines), self.keys.stream_klines,
+                *[kline_key(k.symbol) for k in klines], self.maxlen,
+                pack_batch(klines, expects)]  # fmt: skip
 
-    async def publish_many(self, klines: Sequence[Kline]) -> list[PublishResult]:
+    async def load_script(self) -> None:
+        """Load the script unless done (after NOSCRIPT, call `forget_script` first)."""
+        if self._sha is None:
+            self._sha = await self.redis.script_load(PUBLISH_LUA)
+
+    def forget_script(self) -> None:
+        self._sha = None
+
+    @property
+    def script_loaded(self) -> bool:
+        return self._sha is not None
+
+    async def publish_many(self, klines: Sequence[AnyKline]) -> list[PublishResult]:
         """Offer `klines` in this order; one result per kline.  Klines of one symbol must
         be in ascending open time (an older one after a newer one is a duplicate).
 
@@ -190,26 +196,17 @@ class KlinePublisher:
                 self._sha = None
                 if attempt == 2:
                     raise
-        results: list[PublishResult] = []
-        for raw in raws:
-            for i in range(0, len(raw), 2):
-                entry = raw[i]
-                entry_id = entry.decode() if isinstance(entry, bytes) else None
-                results.append(PublishResult(entry_id, int(raw[i + 1])))
-        return results
+        return [r for raw in raws for r in parse_results(raw)]
 
-    async def _pipelined(self, klines: Sequence[Kline]) -> list[Any]:
-        if self._sha is None:
-            self._sha = await self.redis.script_load(PUBLISH_LUA)
+    async def _pipelined(self, klines: Sequence[AnyKline]) -> list[Any]:
+        await self.load_script()
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
             chunks = 0
             for start in range(0, len(klines), CHUNK):
-                keys, argv = self._args(klines[start : start + CHUNK])
-                await conn.send_packed_command(
-                    conn.pack_command("EVALSHA", self._sha, len(keys), *keys, *argv)
-                )
+                args = self.eval_args(klines[start : start + CHUNK])
+                await conn.send_packed_command(resp_command(args))
                 chunks += 1
             return [await conn.read_response() for _ in range(chunks)]
         except BaseException:
@@ -218,14 +215,18 @@ class KlinePublisher:
         finally:
             await pool.release(conn)
 
-    async def publish(self, kline: Kline) -> PublishResult:
+    async def publish(self, kline: AnyKline) -> PublishResult:
         return (await self.publish_many([kline]))[0]
 
     async def last_open_times(self, symbols: Sequence[str]) -> dict[str, int | None]:
-        """The last published open time per symbol (None: never published)."""
+        """The last published open time per symbol (None: never published): the guard,
+        the `open_time` of each cache hash."""
         if not symbols:
             return {}
-        raw = await self.redis.hmget(self.keys.kline_last_open, list(symbols))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for s in symbols:
+                pipe.hget(self.keys.kline(s), "open_time")
+            raw = await pipe.execute()
         return {s: None if v is None else int(v) for s, v in zip(symbols, raw, strict=True)}
 
     async def last_open_time(self, symbol: str) -> int | None:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from services.exchange_sim.server import SimConfig, SimServer
 from services.kline_feed.__main__ import main
 from shared.keys import Keys
+from shared.kline_publisher import KlinePublisher
 from tests.polling import until
 from tests.test_kline_feed_support import SYMBOLS, assert_exactly_once, wait_sim_minutes
 
@@ -76,7 +77,8 @@ async def test_kill_9_and_restart_with_auto_shards(
             await until(leased, 20, every=0.05)
 
             async def both_publishing() -> bool:
-                return await redis_client.hlen(keys.kline_last_open) == len(SYMS5)
+                last = await KlinePublisher(redis_client, keys, 1).last_open_times(SYMS5)
+                return None not in last.values()
 
             await until(both_publishing, 20, every=0.05)
             for k, v in _env(sim, redis_url, prefix, SLT_SERVICE__INSTANCE_INDEX="-1",

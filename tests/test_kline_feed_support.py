@@ -21,6 +21,7 @@ from services.exchange_sim.server import SimServer
 from shared.codec import decode_event
 from shared.config import Settings, load_settings
 from shared.keys import Keys
+from shared.kline_publisher import KlinePublisher
 from shared.runtime import Service, serve
 from tests.polling import until
 
@@ -93,11 +94,11 @@ async def wait_caught_up(
     """Until the stream holds, for every symbol, the newest kline the simulator had closed
     when this was called; returns those open times."""
     want = {s: record(sim, s)[-1]["t"] for s in symbols}
-    keys = Keys(prefix)
+    publisher = KlinePublisher(redis, Keys(prefix), 1)
 
     async def caught_up() -> bool:
-        raw = await redis.hmget(keys.kline_last_open, list(want))
-        return all(v is not None and int(v) >= want[s] for s, v in zip(want, raw, strict=True))
+        last = await publisher.last_open_times(list(want))
+        return all(v is not None and v >= want[s] for s, v in last.items())
 
     await until(caught_up, limit_s, every=0.02)
     return want

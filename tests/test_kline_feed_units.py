@@ -3,11 +3,14 @@ watchdog deadlines and the early-REST decision."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.kline_feed.connections import backoff_delay
+from services.kline_feed.quiet_gc import FORCE_FACTOR, QuietGC
 from services.kline_feed.sharding import chunk, owner, shard_symbols, stream_name, streams_url
 from services.kline_feed.watchdog import (
     EARLY_MARGIN_MS,
@@ -65,9 +68,7 @@ def test_chunk_respects_the_per_connection_limit(n: int, size: int) -> None:
 def test_stream_names_and_routed_url() -> None:
     assert stream_name("BTCUSDT", "1m") == "btcusdt@kline_1m"
     url = streams_url("ws://127.0.0.1:8900/", ["btcusdt@kline_1m", "ethusdt@kline_1m"])
-    assert (
-        url == "ws://127.0.0.1:8900/market/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m"
-    )
+    assert url == "ws://127.0.0.1:8900/market/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m"
 
 
 @given(attempt=st.integers(0, 200), base=st.floats(0, 30), cap=st.floats(0.1, 120),
@@ -133,3 +134,22 @@ def test_overdue() -> None:
     assert overdue(last, 5 * IV) == ["B", "C"]
     assert overdue(last, 5 * IV, skip={"C"}) == ["B"]
     assert overdue(last, 3 * IV) == []
+
+
+def test_quiet_gc_collects_when_idle_or_far_behind_and_restores_the_collector() -> None:
+    was = gc.isenabled()
+    q = QuietGC()
+    q.start()
+    try:
+        assert not gc.isenabled()
+        gc.collect()
+        assert q.maybe_collect(idle=True) is None  # nothing due
+        junk = [[] for _ in range(q.thresholds[0] + 100)]  # tracked objects: gen 0 fills
+        assert q.maybe_collect(idle=False) is None  # busy: only past FORCE_FACTOR x
+        assert q.maybe_collect(idle=True) == 0 and q.collections == [1, 0, 0]
+        more = [[] for _ in range(q.thresholds[0] * FORCE_FACTOR + 100)]
+        assert q.maybe_collect(idle=False) == 0  # far behind: even while busy
+        del junk, more
+    finally:
+        q.stop()
+    assert gc.isenabled() == was

@@ -4,9 +4,10 @@ form, racing publishers, the cache format, and REST rows -> closed klines."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+from dataclasses import astuple, replace
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
@@ -14,9 +15,11 @@ from hypothesis import strategies as st
 
 from services.exchange_sim.server import SimConfig, SimServer
 from shared.binance.client import BinanceClient
+from shared.binance.schemas import parse_kline_message
 from shared.codec import decode_event, encode_event
 from shared.errors import MessageError
 from shared.keys import Keys
+from shared.kline_encoding import KlineRow, _kline_values_slow, kline_values
 from shared.kline_publisher import (
     CACHE_FIELDS,
     STREAM_FIELDS,
@@ -138,6 +141,54 @@ def test_fast_entry_equals_the_models_own_encoding(
     want = encode_event("kline", k.to_dict(), symbol=k.symbol, event_time=k.event_time)
     assert dict(zip(STREAM_FIELDS, fields, strict=True)) == want
     assert Kline.from_cache_hash(k.to_cache_hash()) == k
+
+
+wide = st.floats(min_value=1e-9, max_value=1e18, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(o=wide, c=wide, spread=wide, v=wide | st.just(0.0), n=st.integers(0, 10**9))
+def test_fast_values_equal_the_slow_path_on_every_range(
+    o: float, c: float, spread: float, v: float, n: int
+) -> None:
+    """The JSON-formatted fast path must fall back wherever repr would write an exponent
+    (below 1e-4, from 1e16): both paths give the same text and bytes."""
+    lo, hi = min(o, c), max(o, c) + spread
+    k = Kline("BTCUSDT", "1m", T0, T0 + IV - 1, o, hi, lo, c, v, v * o, n, v / 2, v * o / 2,
+              True, T0 + IV, T0 + IV + 3)  # fmt: skip
+    fast = [x.decode() if isinstance(x, bytes) else x for x in kline_values(k)[:-1]]
+    slow = _kline_values_slow(k)
+    assert fast == slow[:-1] and kline_values(k)[-1] == slow[-1]
+    row = KlineRow(*astuple(k))  # the feed's twin: the same text and bytes, both ways back
+    assert kline_values(row) == kline_values(k) and _kline_values_slow(row) == slow
+    assert row.to_kline() == k
+    for x in (1e-5, 9.9e-5, 1.0000001e-4, 1e16, 123456789.0):
+        k2 = replace(k, open=x, high=max(x, hi), low=min(x, lo))
+        assert dict(zip(CACHE_FIELDS, kline_entry(k2)[0], strict=True)) == k2.to_cache_hash()
+
+
+def test_kline_row_from_an_event_is_the_kline_from_it() -> None:
+    raw = orjson.dumps({"stream": "btcusdt@kline_1m", "data": {
+        "e": "kline", "E": T0 + IV + 5, "s": "BTCUSDT", "k": {
+            "t": T0, "T": T0 + IV - 1, "s": "BTCUSDT", "i": "1m", "f": 1, "L": 9, "o": "100.10",
+            "c": "100.60", "h": "101.10", "l": "99.10", "v": "12.500", "n": 9, "x": True,
+            "q": "1250.5000", "V": "6.000", "Q": "600.2500", "B": "0"}}})  # fmt: skip
+    ev = parse_kline_message(raw)
+    row, k = KlineRow.from_event(ev, T0 + IV + 9), Kline.from_event(ev, T0 + IV + 9)
+    assert row.to_kline() == k and kline_values(row) == kline_values(k)
+
+
+async def test_the_guard_is_the_cache_hash_open_time(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    p = pub(redis_client, prefix)
+    await p.publish_many([kline(t=T0), kline("ETHUSDT", T0 + IV)])
+    assert await redis_client.hget(keys.kline("BTCUSDT"), "open_time") == str(T0).encode()
+    assert await p.last_open_times(["BTCUSDT", "ETHUSDT", "SOLUSDT"]) == {
+        "BTCUSDT": T0, "ETHUSDT": T0 + IV, "SOLUSDT": None,
+    }  # fmt: skip
+    assert not await redis_client.exists(f"{prefix}kline:last_open_time")  # the old hash
 
 
 async def test_get_price(redis_client: aioredis.Redis, prefix: str) -> None:

@@ -2,10 +2,15 @@
 
 Every closed kline of a symbol goes one of two ways, and a symbol is never on both at once:
 - fast path: it directly follows the last one (open time = last + interval), or nothing
-  was ever published for the symbol: it joins the flush queue, and the flusher publishes
-  whatever is queued in one pipelined publish (group commit: it waits a few loop turns
-  for the rest of a burst, and while a burst is in flight the socket readers hold back
-  open-candle updates, so a minute's 200 closes go out together and first);
+  was ever published for the symbol: it joins the send queue, which goes to the publish
+  lane (`lane.PublishLane`: one ordered, pipelined connection) in chunks of CHUNK,
+  written from the socket reader itself as each chunk fills (`send_now`, no loop turn),
+  the rest when an open-candle update follows the closes (the burst is over) or when
+  the reader has nothing buffered (the flusher task).  So a minute's 200 closes stream
+  into Redis while the rest are still being parsed, and nothing waits for a reply.
+  Each kline carries the open time Redis must already hold before it (`expect`), so if
+  an earlier chunk failed, the script refuses it (it is then held, as behind a gap)
+  instead of publishing over a hole;
   one already known to be in Redis (`last` comes only from the script's answers) is
   counted as a duplicate without a round trip;
 - gap: its open time is more than one interval past the last one (a reconnect, a stall,
@@ -19,9 +24,9 @@ A fill task waits out REST failures (the breaker included) with a backoff and ne
 publishes past a hole, so during a long REST outage a symbol with a gap stops until REST
 is back, rather than skipping minutes forever.
 
-Bounded: the flush queue applies back-pressure to the socket readers at `max_pending`;
-each symbol holds at most `max_held` klines behind a gap (older ones are dropped: REST
-brings them, since their open time is below the proven one).
+Bounded: the send queue plus the lane's unsettled klines apply back-pressure to the
+socket readers at `max_pending`; each symbol holds at most `max_held` klines behind a gap
+(older ones are dropped: REST brings them, since their open time is below the proven one).
 """
 
 from __future__ import annotations
@@ -38,9 +43,17 @@ from redis.exceptions import RedisError
 
 from shared.binance.errors import CircuitOpenError, ExchangeError
 from shared.errors import MessageError
-from shared.kline_publisher import Backfiller, KlinePublisher, interval_ms
-from shared.models import Kline
+from shared.kline_encoding import AnyKline
+from shared.kline_publisher import (
+    CHUNK,
+    NO_EXPECT,
+    Backfiller,
+    KlinePublisher,
+    PublishResult,
+    interval_ms,
+)
 
+from .lane import PublishLane
 from .watchdog import due_open_time
 
 log = logging.getLogger(__name__)
@@ -48,8 +61,6 @@ log = logging.getLogger(__name__)
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 FILL_ERRORS = (ExchangeError, MessageError, RedisError, OSError, TimeoutError)
 NOT_YET_RETRY_S = 0.25  # REST has not closed the wanted kline yet: look again after this
-SETTLE_TURNS = 8  # loop turns a flush may wait for the rest of a burst
-PRIORITY_BATCH = 16  # a flush this big makes the readers wait for it (see `idle`)
 
 
 @dataclass(slots=True)
@@ -59,9 +70,9 @@ class SymbolState:
     floor: int = -1  # the watchdog's stand-in for `last` while it is None
     proven: int = -1  # newest open time seen closed (x:true)
     wanted: int = -1  # newest open time the watchdog wants published
-    queued: int = 0  # klines in the flush queue or in flight
+    queued: int = 0  # klines in the send queue or in the lane
     queued_upto: int = -1
-    held: dict[int, Kline] = field(default_factory=dict)
+    held: dict[int, AnyKline] = field(default_factory=dict)
     filling: bool = False
     needs_fill: bool = False
     retry_at: float = 0.0  # monotonic: no watchdog fill before this
@@ -107,22 +118,18 @@ class KlinePipeline:
         self.max_held = max_held
         self.max_backoff = max_backoff
         self._fill_slots = asyncio.Semaphore(fill_concurrency)
-        self._pending: list[Kline] = []
-        self._inflight = 0
+        self.lane = PublishLane(publisher, self._settle)
+        self._pending: list[AnyKline] = []  # not yet handed to the lane
+        self._expects: list[int] = []  # per pending kline: what Redis must hold before it
+        self._sending = 0  # taken by the flusher, not yet in the lane
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        # While a burst of closes (a minute's) is being published, the socket readers
-        # wait before taking more open-candle updates, so the script's replies are not
-        # queued behind thousands of price ticks: closes first.
-        self.flushing_burst = False
-        self.idle = asyncio.Event()
-        self.idle.set()
         self._closing = False
         self.counters = dict.fromkeys(
             ("klines_published", "duplicates_suppressed", "backfilled_klines",
              "watchdog_fetches", "fills", "fill_errors", "publish_errors", "held_dropped",
-             "gaps"), 0,
+             "gaps", "refused"), 0,
         )  # fmt: skip
 
     # ---- state --------------------------------------------------------------------
@@ -141,7 +148,12 @@ class KlinePipeline:
 
     @property
     def backlog(self) -> int:
-        return len(self._pending) + self._inflight
+        return len(self._pending) + self._sending + self.lane.inflight
+
+    @property
+    def has_unsent(self) -> bool:
+        """Closes wait in the send queue (the reader hands them over: `send_now`)."""
+        return bool(self._pending)
 
     def lagging(self, now_ms: int, grace_ms: int) -> int:
         """Symbols missing a kline that closed more than `grace_ms` ago."""
@@ -149,7 +161,7 @@ class KlinePipeline:
         return sum(1 for st in self.states.values() if _last(st) < due and st.floor >= 0)
 
     # ---- live klines (called from the socket readers, synchronous) ------------------
-    def on_closed(self, k: Kline) -> Awaitable[None] | None:
+    def on_closed(self, k: AnyKline) -> Awaitable[None] | None:
         """Route one validated closed kline; an awaitable means "wait, queue is full"."""
         st = self.states[k.symbol]
         if k.open_time > st.proven:
@@ -171,7 +183,10 @@ class KlinePipeline:
             if not st.queued:
                 self._start_fill(st)
             return None
+        # the predecessor Redis must hold: known once anything was published or queued
+        expect = NO_EXPECT if st.last is None and not st.queued else k.open_time - self.iv
         self._pending.append(k)
+        self._expects.append(expect)
         st.queued += 1
         if k.open_time > st.queued_upto:
             st.queued_upto = k.open_time
@@ -179,68 +194,70 @@ class KlinePipeline:
         if self.backlog >= self.max_pending:
             self._room.clear()
             return self._room.wait()
+        if len(self._pending) >= CHUNK and not self.send_now():
+            return asyncio.sleep(0)  # a full chunk: let the flusher send it now
         return None
 
-    def _hold(self, st: SymbolState, k: Kline) -> None:
+    def _hold(self, st: SymbolState, k: AnyKline) -> None:
         st.held[k.open_time] = k
         while len(st.held) > self.max_held:
             del st.held[min(st.held)]
             self.counters["held_dropped"] += 1
 
+    def send_now(self) -> bool:
+        """Hand the queued klines to the lane without yielding (see `PublishLane.send_now`);
+        False when some are left for the flusher (it has been woken)."""
+        if self._sending:  # the flusher holds earlier klines: they go first
+            return False
+        klines, expects = self._pending, self._expects
+        for i in range(0, len(klines), CHUNK):
+            if not self.lane.send_now(klines[i : i + CHUNK], expects[i : i + CHUNK]):
+                self._pending, self._expects = klines[i:], expects[i:]
+                return False
+        self._pending, self._expects = [], []
+        return True
+
     # ---- the flusher -----------------------------------------------------------------
     async def run_flusher(self) -> None:
-        """Publish queued klines in batches until `close()` and the queue is empty."""
+        """Hand queued klines to the lane in chunks, whenever the readers pause, until
+        `close()` and the queue is empty; then wait for the lane to settle them."""
         while True:
             if not self._pending:
                 if self._closing:
+                    self.lane.close()
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self._settle_burst()
-            batch, self._pending = self._pending, []
-            self._inflight = len(batch)
-            if len(batch) >= PRIORITY_BATCH:
-                self.flushing_burst = True
-                self.idle.clear()
-            try:
-                results = await self.publisher.publish_many(batch)
-            except (RedisError, OSError) as exc:
-                self.counters["publish_errors"] += 1
-                log.warning("publish failed; symbols go to backfill", extra={"error": repr(exc)})
-                results = None
-            finally:
-                self.flushing_burst = False
-                self.idle.set()
-            self._inflight = 0
-            self._settle(batch, results)
-            if self.backlog < self.max_pending // 2:
-                self._room.set()
+            klines, expects = self._pending, self._expects
+            self._pending, self._expects = [], []
+            self._sending = len(klines)
+            for i in range(0, len(klines), CHUNK):
+                chunk = klines[i : i + CHUNK]
+                await self.lane.send(chunk, expects[i : i + CHUNK])
+                self._sending -= len(chunk)
 
-    async def _settle_burst(self) -> None:
-        """Group commit: a minute's closes reach the socket reader in several TCP reads;
-        give it a few loop turns to queue the rest of the burst, so the burst goes out in
-        one pipelined publish instead of two serial ones.  Costs one turn when nothing
-        more is coming."""
-        for _ in range(SETTLE_TURNS):
-            n = len(self._pending)
-            await asyncio.sleep(0)
-            if len(self._pending) == n:
-                return
-
-    def _settle(self, batch: list[Kline], results: list[Any] | None) -> None:
+    def _settle(self, batch: list[AnyKline], results: list[PublishResult] | None) -> None:
+        """The lane's word on one chunk (None: unknown, the fill re-reads Redis)."""
+        if results is None:
+            self.counters["publish_errors"] += 1
         touched: dict[str, SymbolState] = {}
         for i, k in enumerate(batch):
             st = self.states[k.symbol]
             st.queued -= 1
             touched[k.symbol] = st
             if results is None:
-                st.needs_fill = True  # outcome unknown: the fill re-reads Redis
+                st.needs_fill = True
                 continue
             r = results[i]
-            st.last = r.last_open if st.last is None else max(st.last, r.last_open)
+            if r.last_open >= 0:
+                st.last = r.last_open if st.last is None else max(st.last, r.last_open)
             if r.published:
                 self.counters["klines_published"] += 1
+            elif r.refused:  # its predecessor is not in Redis: fill first, then it
+                self.counters["refused"] += 1
+                self._hold(st, k)
+                st.needs_fill = True
             else:
                 self.counters["duplicates_suppressed"] += 1
         for st in touched.values():
@@ -248,10 +265,12 @@ class KlinePipeline:
                 st.queued_upto = -1
                 if (st.needs_fill or st.held) and not st.filling:
                     self._start_fill(st)
+        if self.backlog < self.max_pending // 2:
+            self._room.set()
 
     async def close(self) -> None:
-        """Stop taking work; returns once queued klines are flushed (bounded by the
-        caller's timeout)."""
+        """Stop taking work: the flusher sends what is queued, then the lane's `run`
+        returns once it is settled (bounded by the caller's timeout)."""
         self._closing = True
         self._wake.set()
 
@@ -336,9 +355,9 @@ class KlinePipeline:
         st.retry_at = time.monotonic() + NOT_YET_RETRY_S
         return True
 
-    def _chain(self, st: SymbolState, base: int | None) -> list[Kline]:
+    def _chain(self, st: SymbolState, base: int | None) -> list[AnyKline]:
         """Held klines that follow `base` without a hole (any first one without a base)."""
-        out: list[Kline] = []
+        out: list[AnyKline] = []
         nxt = None if base is None else base + self.iv
         for t in sorted(st.held):
             if nxt is not None and t != nxt:

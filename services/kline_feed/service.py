@@ -10,8 +10,10 @@ the combined-stream wrapper's `stream` name (a slice and a dict lookup), the exc
 `E` from a substring search; an open candle only gives its last price (`schemas.last_price`,
 no full parse) into a dict of latest prices that `_price_loop` writes to Redis every
 `price_flush_s` in one pipeline (memory: one entry per symbol, never a queue).  Only
-`x:true` messages are fully parsed and validated (`parse_kline_message` + `Kline`); a bad
-message is counted and dropped.
+`x:true` messages are fully parsed and validated (`parse_kline_message` + `KlineRow`); a bad
+message is counted and dropped.  An update that follows closes still queued hands them
+to the publish lane first (the burst is over: see `pipeline`).  Cycles are collected
+between bursts, not inside them (`quiet_gc`).
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from shared.binance.errors import ExchangeError
 from shared.binance.schemas import is_closed_kline_fast, last_price, parse_kline_message
 from shared.config import Settings
 from shared.errors import MessageError, excerpt
+from shared.kline_encoding import KlineRow
 from shared.kline_publisher import Backfiller, KlinePublisher, interval_ms
-from shared.models import Kline
 from shared.runtime import Service
 
 from .connections import FeedConnection
 from .lease import LeaseLost, ShardLease, new_token
 from .pipeline import KlinePipeline
+from .quiet_gc import QuietGC
 from .sharding import chunk, shard_symbols, stream_name, streams_url
 from .watchdog import ExchangeClock, LatenessTracker, effective_grace_ms
 
@@ -47,6 +50,7 @@ log = logging.getLogger("services.kline_feed")
 _PREFIX = b'{"stream":"'
 _P = len(_PREFIX)
 _wall = time.time
+_turn = asyncio.sleep  # `_turn(0)`: one loop turn
 OBSERVE_EVERY_S = 0.01
 COUNTERS = ("messages_in", "klines_published", "duplicates_suppressed", "reconnects",
             "backfilled_klines", "watchdog_fetches", "early_rest_fetches", "bad_messages",
@@ -98,6 +102,8 @@ class KlineFeedService(Service):
         self._stream_symbols: dict[bytes, str] = {}
         self._own_tasks: list[asyncio.Task[Any]] = []
         self._flusher: asyncio.Task[Any] | None = None
+        self._lane: asyncio.Task[Any] | None = None
+        self.quiet_gc = QuietGC()
 
     # ---- lifecycle ------------------------------------------------------------------
     async def setup(self) -> None:
@@ -138,6 +144,7 @@ class KlineFeedService(Service):
                 exchange_now=self.exchange_now, on_open=self._on_open,
             ))  # fmt: skip
         gc.freeze()  # start-up objects (modules, settings, clients) leave the GC's scans
+        self.quiet_gc.start()  # cycles are collected between bursts (see quiet_gc)
         log.info("feeding", extra={"symbols": len(self.symbols), "shard": f"{index}/{count}",
                                    "connections": len(self.connections)})  # fmt: skip
 
@@ -161,6 +168,7 @@ class KlineFeedService(Service):
 
     async def run(self) -> None:
         self._flusher = self.spawn(self.pipeline.run_flusher(), "flusher", critical=True)
+        self._lane = self.spawn(self.pipeline.lane.run(), "lane", critical=True)
         for conn in self.connections:
             self._own_tasks.append(self.spawn(conn.run(), f"conn.{conn.id}", critical=True))
         self._own_tasks.append(self.spawn(self._watchdog_loop(), "watchdog", critical=True))
@@ -177,10 +185,14 @@ class KlineFeedService(Service):
         await self.pipeline.close()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self._flusher), 3.0)
+        self.pipeline.lane.close()  # its replies are read until every chunk is settled
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._lane), 3.0)
         with contextlib.suppress(RedisError, OSError):
             await self._flush_prices()
 
     async def teardown(self) -> None:
+        self.quiet_gc.stop()
         if self.client is not None:
             await self.client.close()
         if self.lease is not None:
@@ -205,8 +217,8 @@ class KlineFeedService(Service):
         except MessageError as exc:
             return self._bad(raw, exc.reason)
         self.price_times[symbol] = now
-        if self.pipeline.flushing_burst:
-            return self.pipeline.idle.wait()  # closes first (see KlinePipeline.idle)
+        if self.pipeline.has_unsent and not self.pipeline.send_now():
+            return _turn(0)  # an update after closes: the burst is over, send it now
         return None
 
     def _observe(self, raw: bytes, start: int, now: float) -> bool:
@@ -229,7 +241,7 @@ class KlineFeedService(Service):
             ev = parse_kline_message(raw)
             if ev.s != symbol or ev.k.i != self.interval:
                 raise MessageError(f"{ev.s}@{ev.k.i} on the stream of {symbol}")
-            k = Kline.from_event(ev, now_ms)
+            k = KlineRow.from_event(ev, now_ms)  # checked by the parse: see KlineRow
         except MessageError as exc:
             return self._bad(raw, exc.reason)
         self.clock.observe(ev.E, time.monotonic())
@@ -283,6 +295,7 @@ class KlineFeedService(Service):
                 await self._flush_prices()
             except (RedisError, OSError) as exc:
                 log.warning("price flush failed", extra={"error": repr(exc)})
+            self.quiet_gc.maybe_collect(idle=self.pipeline.backlog == 0)
 
     async def _flush_prices(self) -> None:
         if not self.prices:
@@ -349,6 +362,10 @@ class KlineFeedService(Service):
             "fill_errors": p["fill_errors"],
             "gaps": p["gaps"],
             "price_flushes": self.price_flushes,
+            "refused_klines": p["refused"],
+            "gc_collections": dict(
+                zip(("gen0", "gen1", "gen2"), self.quiet_gc.collections, strict=True)
+            ),
             "backlog": self.pipeline.backlog,
             "symbols_lagging": self.pipeline.lagging(
                 now, int(self.settings.websocket.close_grace * 2000)

@@ -88,7 +88,8 @@ class _Collector:
         assert r is not None
         syms = self.cfg.symbol_list
         self.records = {s: await self.system.closed_klines(s) for s in syms}
-        last = await r.hmget(self.system.keys.kline_last_open, syms)
+        keys = self.system.keys
+        last = [await r.hget(keys.kline(s), "open_time") for s in syms]  # the guard
         return all(
             v is not None and self.records[s] and int(v) >= int(self.records[s][-1]["t"])
             for s, v in zip(syms, last, strict=True)
