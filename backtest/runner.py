@@ -48,12 +48,13 @@ from backtest.flow import OrderFlow
 from backtest.results import BarKline, RunConfig, RunResult
 from backtest.watch import Watcher
 from services.exchange_sim.market.bar import Bar, bar_updates
-from services.exchange_sim.specs import symbol_info
+from services.exchange_sim.specs import leverage_brackets, symbol_info
 from services.position_controller.core import PositionControllerCore
 from services.position_controller.rules import trend_view
 from services.trader.account_view import from_cache
 from services.trader.core import TraderCore
 from services.trader.labels import build_cold_start
+from shared.brackets import Bracket, parse_leverage_brackets
 from shared.filters import SymbolFilters
 from shared.models import ClosedTrade
 
@@ -66,6 +67,12 @@ def symbol_filters(feed: BarFeed) -> dict[str, SymbolFilters]:
     """Exchange filters from the same specs the engine enforces (exchangeInfo shape)."""
     return {s: SymbolFilters.from_exchange_info(symbol_info(spec), spec.max_leverage)
             for s, spec in feed.specs.items()}  # fmt: skip
+
+
+def symbol_brackets(feed: BarFeed) -> dict[str, tuple[Bracket, ...]]:
+    """Leverage brackets from the same specs, through the REST answer's shape, as the live
+    trader reads them (`GET /fapi/v1/leverageBracket`)."""
+    return parse_leverage_brackets([leverage_brackets(spec) for spec in feed.specs.values()])
 
 
 class Runner(OrderFlow):
@@ -81,7 +88,7 @@ class Runner(OrderFlow):
         self.feed, self.cfg, self.name = feed, cfg, name
         self.learner, self.progress = learner, progress
         filters = symbol_filters(feed)
-        self.trader = TraderCore(s, filters, learner)
+        self.trader = TraderCore(s, filters, learner, brackets=symbol_brackets(feed))
         self.pc = PositionControllerCore(s, filters)
         fee = lambda x: Decimal(repr(float(x)))  # noqa: E731
         self.broker = SimBroker(feed.specs, cfg.equity, taker_fee=fee(s.exchange.taker_fee),

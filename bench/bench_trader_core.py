@@ -7,8 +7,12 @@
 (b) 200 symbols: a minute close - 200 closed klines ingested, then `decide` with a trained
     model (one batched predict) - timed over many minutes, p50/p99; once with the default
     signals and once with loosened signals so most symbols have a candidate to score.
+(c) Small batches, learner off (the backtest's case): `decide` per call for 1..32 candidates,
+    the array path and the scalar path timed alternately on the same minutes (real bars,
+    loosened signals, the minute's candidates cut down to n) - where core.SCALAR_MAX should
+    sit.  `--small-only` runs this part alone.
 
-Run: `.venv/bin/python -m bench.bench_trader_core [--minutes 300]`
+Run: `.venv/bin/python -m bench.bench_trader_core [--minutes 300] [--small-only]`
 """
 
 from __future__ import annotations
@@ -207,12 +211,72 @@ def part_b(series: dict[str, Bars], data, minutes: int, n_symbols: int = 200) ->
           f"p99 {np.percentile(ts, 99):.2f} ms")  # fmt: skip
 
 
+def _keep(core: TraderCore, minute: int, k: int) -> int:
+    """Leave at most the first k of the minute's candidates pending; how many are left."""
+    left = k
+    for s in sorted(core._pending):
+        cs = [c for c in core._pending[s] if c.open_time == minute][:left]
+        left -= len(cs)
+        if cs:
+            core._pending[s] = cs
+        else:
+            del core._pending[s], core._features[s]
+    return k - left
+
+
+def part_c(series: dict[str, Bars], minutes: int = 60, calls: int = 30) -> None:
+    names = list(series)
+    syms = [f"S{i:02d}USDT" for i in range(24)]
+    src = {s: (series[names[i % len(names)]], (i // len(names)) * 97) for i, s in enumerate(syms)}
+    loose = SignalParams(pullback_rsi_long_max=100, pullback_rsi_short_min=0,
+                         pullback_min_regime=-1, breakout_atr_ratio_min=0,
+                         breakout_volume_z_min=-1e9)  # fmt: skip
+    sizes = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24)
+    print(f"(c) decide per call, learner off, {minutes} minutes x {calls} calls a size, "
+          f"median of each path, calls alternated")  # fmt: skip
+    t_start = int(series[names[0]].open_time[0])
+    warm = 300
+    feeds = {s: [kline(s, (t_start + j * MIN, *r[1:])) for j, r in enumerate(rows(b, off, off + warm + minutes))]
+             for s, (b, off) in src.items()}  # fmt: skip
+    eq = Decimal(100_000)
+    for n in sizes:
+        core = TraderCore(
+            load_settings(exchange={"symbols": syms}),
+            {s: filters_for(s, float(src[s][0].close[src[s][1]])) for s in syms},
+            None, signal_params=loose,
+        )  # fmt: skip
+        for s in syms:
+            for k in feeds[s][:warm]:
+                core.on_closed_kline(k, 0)
+        per = {0: [], 10**9: []}
+        for m in range(warm, warm + minutes):
+            for s in syms:
+                core.on_closed_kline(feeds[s][m], 0)
+            minute = feeds[syms[0]][m].open_time
+            if _keep(core, minute, n) < n:
+                continue
+            for _ in range(calls):
+                for limit, xs in per.items():
+                    core.scalar_max = limit
+                    t0 = time.perf_counter_ns()
+                    core.decide(minute, eq, eq, {}, False)
+                    xs.append(time.perf_counter_ns() - t0)
+        arr, sca = (float(np.median(per[k])) / 1e3 for k in (0, 10**9))
+        print(
+            f"  n={n:3d}  arrays {arr:7.1f} us   scalar {sca:7.1f} us   scalar/arrays {sca / arr:5.2f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--small-only", action="store_true", help="part (c) alone")
     args = ap.parse_args()
     series = load()
+    part_c(series)
+    if args.small_only:
+        return
     data = part_a(series, args.repeat)
     part_b(series, data, args.minutes)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

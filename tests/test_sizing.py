@@ -9,12 +9,15 @@ from hypothesis import strategies as st
 
 from services.trader.sizing import (
     BELOW_MIN_NOTIONAL,
+    BRACKET_CAP,
     STOP_TOO_CLOSE,
     SizedEntry,
     SizingSkip,
     protective_prices,
     size_entry,
+    within_brackets,
 )
+from shared.brackets import Bracket, max_leverage_for, max_notional_at
 from shared.filters import SymbolFilters
 
 
@@ -106,3 +109,50 @@ def test_sizing_invariants(
     assert (sl, tpr) == (r.stop_price, r.take_profit_price)
     assert abs(D(repr(stop)) - sl) < D(tick) and (sl - D(repr(stop))) * s >= 0
     assert (D(repr(tp)) - tpr) * s >= 0
+
+
+def tiers(*rows: tuple[int, int]) -> tuple[Bracket, ...]:
+    floors = [0] + [cap for cap, _ in rows[:-1]]
+    return tuple(
+        Bracket(D(f), D(c), lev, D("0.01"), D(0)) for f, (c, lev) in zip(floors, rows, strict=True)
+    )
+
+
+ALT = tiers((1_000, 50), (5_000, 20), (20_000, 5))
+
+
+def fitted(lev: int, brackets=ALT, **kw):
+    def at(leverage: int, cap=None):
+        return size(leverage=leverage, notional_cap=cap, **kw)
+
+    sz = at(lev)
+    return (sz, lev) if isinstance(sz, SizingSkip) else within_brackets(sz, lev, brackets, at)
+
+
+def test_a_large_notional_gets_the_brackets_leverage() -> None:
+    # 1 % of 100k over a 2 % stop: 50k wanted; margin allows ~20k at 20x, only 5k may have
+    # 20x: the 20k tier's 5x, at which margin allows ~5k
+    sz, lev = fitted(20, equity=D(100_000), available=D(1_000))
+    assert isinstance(sz, SizedEntry) and lev == 5 <= max_leverage_for(ALT, sz.notional)
+    assert sz.notional <= max_notional_at(ALT, lev) and sz.margin == sz.notional / 5
+    small, lev_small = fitted(20)  # 500: inside the 50x tier, kept as asked (never raised)
+    assert isinstance(small, SizedEntry) and lev_small == 20 and small == size(leverage=20)
+    assert fitted(20, brackets=())[1] == 20  # no brackets known: as sized
+
+
+def test_beyond_the_last_cap_leverage_1_and_the_quantity_capped() -> None:
+    sz, lev = fitted(10, equity=D(10**7), available=D(10**6), filters=filters(max_qty="1e6"))
+    assert lev == 1 and isinstance(sz, SizedEntry) and sz.limited_by == "bracket"
+    assert sz.notional <= D(20_000) and sz.quantity == D("200.000")
+    tiny = tiers((4, 5))  # leverage 1 holds 4 USDT: below the minimum notional of 5
+    skip, _ = fitted(10, brackets=tiny)
+    assert isinstance(skip, SizingSkip) and skip.reason == BRACKET_CAP
+
+
+@given(st.integers(1, 125), st.integers(1, 10**7), st.integers(1, 10**5))
+def test_brackets_never_raise_leverage_nor_allow_a_2027(lev, equity, available) -> None:
+    sz, got = fitted(lev, equity=D(equity), available=D(available))
+    assert 1 <= got <= lev
+    if isinstance(sz, SizedEntry):
+        cap = max_notional_at(ALT, got)
+        assert cap is not None and sz.notional <= cap  # the exchange's -2027 rule

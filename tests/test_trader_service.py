@@ -24,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.exchange_sim.server import SimConfig, SimServer
+from services.exchange_sim.specs import make_brackets
 from services.trader.__main__ import main as trader_main
 from services.trader.execution import Outcome
 from services.trader.service import TraderService
@@ -519,3 +520,38 @@ async def test_stale_position_cache_never_enters_a_symbol_twice(
         entries = [o for o in sim.exchange.audit.orders
                    if o.symbol == "BTCUSDT" and o.client_id.startswith("slt-e-")]  # fmt: skip
         assert len(entries) == 1 and position(sim, "BTCUSDT") == qty
+
+
+async def test_entry_kept_inside_the_leverage_brackets(
+    redis_url, prefix, redis_client, tmp_path
+) -> None:
+    """BTC's brackets shrunk so that the entry's notional exceeds the cap at the leverage
+    the trader would pick (the exchange would answer -2027): it is placed at the bracket's
+    leverage and accepted."""
+    async with paused_sim() as sim:
+        spec = sim.specs["BTCUSDT"]
+        kept = list(spec.brackets)  # a module-level list the specs share: restored below
+        spec.brackets[:] = make_brackets([(5, 125, "0.004"), (10_000_000, 2, "0.01")])
+        try:
+            await _enter_inside_brackets(sim, spec, redis_url, prefix, redis_client, tmp_path)
+        finally:
+            spec.brackets[:] = kept
+
+
+async def _enter_inside_brackets(sim, spec, redis_url, prefix, redis_client, tmp_path) -> None:
+    keys = Keys(prefix)
+    async with running(settings_for(sim, redis_url, prefix, tmp_path)) as svc:
+        assert svc.core.brackets["BTCUSDT"][1].max_leverage == 2
+        d = await enter_btc(sim, svc, redis_client, keys)
+        assert d["taken"] and d["leverage"] == 2
+        entry = d["intents"][0]
+        c = next(c for c in svc.core.pending_candidates(d["minute_open_time"])
+                 if c.symbol == "BTCUSDT")  # fmt: skip
+        wanted = svc.core._leverages_scalar([c], [d["confidence"]], [c.reward_pct],
+                                            [c.risk_pct], d["win_rate"])[0]  # fmt: skip
+        notional = entry["quantity"] * d["record"]["entry_price_ref"]
+        assert wanted > 2 and notional > spec.max_notional(wanted)  # -2027 there
+        await until(lambda: len(svc.executions) >= 1, 10)
+        assert svc.executions[-1].outcome == Outcome.PROTECTED
+        assert position(sim, "BTCUSDT") == entry["quantity"]
+        assert sim.exchange.accounts[sim.demo_key].position(spec).leverage == 2

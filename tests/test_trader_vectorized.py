@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from services.trader import core as core_mod
 from services.trader import ranking
-from services.trader.core import NO_FILTERS, TraderCore
+from services.trader.core import NO_FILTERS, SCALAR_MAX, TraderCore, _ratio
 from services.trader.learner import Learner
 from services.trader.leverage import LeverageInputError, compute_leverage, leverage_many
 from services.trader.ranking import RankInput
@@ -32,6 +32,7 @@ from services.trader.signals import (
     model_row,
 )
 from services.trader.sizing import SizedEntry, SizingSkip
+from shared.brackets import Bracket, max_leverage_for, max_notional_at
 from shared.codec import pack
 from shared.config import load_settings
 from shared.filters import SymbolFilters
@@ -119,7 +120,8 @@ def reference_decide(core: TraderCore, minute: int, equity: D, available: D,
     sized: dict = {}
 
     def size(item: RankInput) -> tuple[float, str | None]:
-        sz = sized[item.key] = core._size(cands[item.key], levs[item.key], equity, available)
+        sz, levs[item.key] = core._size(cands[item.key], levs[item.key], equity, available)
+        sized[item.key] = sz
         return (float(sz.notional), None) if isinstance(sz, SizedEntry) else (0.0, sz.reason)
 
     held, exposure = core_mod._open_exposure(positions)
@@ -159,6 +161,71 @@ def test_decide_equals_the_scalar_reference_bit_for_bit(with_model: bool) -> Non
     # the minutes exercised the rules, not only one of them
     assert {"taken", "halted", NO_FILTERS, ranking.ALREADY_IN_POSITION} <= reasons
     assert {ranking.NO_SLOT, ranking.SYMBOL_TAKEN} & reasons
+
+
+class _BrokenModel:
+    """A champion whose output is out of [0, 1]: the minute is decided `model_error`."""
+
+    meta = SimpleNamespace(version="broken-1")
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.full(len(X), 2.0)
+
+
+def _keep(core: TraderCore, minute: int, k: int) -> None:
+    """Leave exactly the first k of the minute's candidates (decide's order) pending."""
+    left = k
+    for s in sorted(core._pending):
+        cs = [c for c in core._pending[s] if c.open_time == minute][:left]
+        left -= len(cs)
+        if cs:
+            core._pending[s] = cs
+        else:
+            del core._pending[s], core._features[s]
+    assert len(core.pending_candidates(minute)) == k
+
+
+@pytest.mark.parametrize("model", ["trained", "none", "broken"])
+def test_scalar_and_array_paths_decide_the_same_bit_for_bit(model: str) -> None:
+    """Each minute is decided at its full size and cut down to the sizes around the
+    switch (SCALAR_MAX, SCALAR_MAX + 1) and the usual 1-3: forced array path, forced
+    scalar path and the default choice all equal the per-candidate reference."""
+    learner = {"trained": _learner, "none": lambda: None,
+               "broken": lambda: SimpleNamespace(champion=_BrokenModel())}[model]()  # fmt: skip
+    rng = np.random.default_rng(23)
+    core = _core(learner, max_positions=3)
+    t = _walk(core, rng, 260)
+    sizes, reasons = set(), set()
+    for m in range(6):
+        t = _walk(core, rng, 1, t)
+        minute = T0 + (t - 1) * MIN
+        held = {SYMBOLS[m % 5]: 2.0} if m % 2 else {}
+        for k in (None, SCALAR_MAX + 1, SCALAR_MAX, 3, 2, 1):
+            if k is not None:
+                _keep(core, minute, k)
+            n = len(core.pending_candidates(minute))
+            got = {}
+            for limit in (0, n, SCALAR_MAX):  # arrays, scalar, the default choice
+                core.scalar_max = limit
+                got[limit] = [pack(d.to_dict()) for d in
+                              core.decide(minute, D(10_000), D(6_000), held, m == 3)]  # fmt: skip
+            want = reference_decide(core, minute, D(10_000), D(6_000), held, m == 3)
+            assert want and got[0] == got[n] == got[SCALAR_MAX] == [pack(d.to_dict()) for d in want]
+            sizes.add(n)
+            reasons |= {d.reason for d in want}
+    assert {1, 2, 3, SCALAR_MAX, SCALAR_MAX + 1} <= sizes and max(sizes) > 12
+    assert (ranking.MODEL_ERROR in reasons) == (model == "broken")
+    assert model == "broken" or ranking.TAKEN in reasons
+
+
+def test_zero_risk_ratio_is_numpys() -> None:
+    """The scalar path divides reward by risk as the array path does (inf/nan, no
+    ZeroDivisionError), so a zero stop distance is refused alike by compute_leverage."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for rw, rk in [(0.02, 0.0), (0.0, 0.0), (0.03, 0.01), (0.0, 0.01)]:
+            want = (np.array([rw]) / np.array([rk]))[0]
+            got = _ratio(rw, rk)
+            assert _bits([got]) == _bits([want]) or (math.isnan(got) and math.isnan(want))
 
 
 def test_model_matrix_is_model_row_stacked() -> None:
@@ -228,3 +295,33 @@ def test_features_are_kept_from_the_kline_that_made_the_candidates() -> None:
     pos = Position(SYMBOLS[0], D("1"), D("10"), D("10"), D("0"), "cross", D("0"), 5, T0)
     decided = core.decide(T0 + (t - 1) * MIN, D(10_000), D(10_000), {SYMBOLS[0]: pos}, False)
     assert decided and any(d.taken for d in decided)
+
+
+def test_core_lowers_leverage_to_the_brackets_never_above() -> None:
+    """The same minutes with and without brackets: with them, a large entry's leverage is
+    the bracket's for its notional (lower than asked), never above, never below 1."""
+    tiers = tuple(Bracket(D(f), D(c), lev, D("0.01"), D(0))
+                  for f, c, lev in [(0, 500, 20), (500, 5_000, 3), (5_000, 10**9, 1)])  # fmt: skip
+    rng = np.random.default_rng(7)
+    plain, fitted = _core(None, max_positions=6), _core(None, max_positions=6)
+    fitted.brackets = dict.fromkeys(SYMBOLS, tiers)
+    t = _walk(plain, rng, 270)
+    _walk(fitted, np.random.default_rng(7), 270)
+    lowered = 0
+    for _ in range(10):
+        state = rng.bit_generator.state
+        t = _walk(plain, rng, 1, t)
+        rng2 = np.random.default_rng()
+        rng2.bit_generator.state = state
+        _walk(fitted, rng2, 1, t - 1)
+        minute = T0 + (t - 1) * MIN
+        a = {d.symbol + d.side: d for d in plain.decide(minute, D(50_000), D(50_000), {}, False)}
+        for d in fitted.decide(minute, D(50_000), D(50_000), {}, False):
+            if not d.taken:
+                continue
+            notional = d.intents[0].quantity * d.record.entry_price_ref
+            assert 1 <= d.leverage <= min(a[d.symbol + d.side].leverage,
+                                          max_leverage_for(tiers, notional))  # fmt: skip
+            assert notional <= max_notional_at(tiers, d.leverage)
+            lowered += d.leverage < a[d.symbol + d.side].leverage
+    assert lowered > 0

@@ -20,16 +20,17 @@ score is the confidence and the model version reads `baseline`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from services.trader import ranking
-from services.trader.leverage import WinRateTracker, leverage_many
+from services.trader.leverage import WinRateTracker, compute_leverage, leverage_many
 from services.trader.order_ids import client_order_id
 from services.trader.signals import (
     MODEL_FEATURE_NAMES,
@@ -38,8 +39,10 @@ from services.trader.signals import (
     SignalParams,
     evaluate,
     model_matrix,
+    model_row,
 )
-from services.trader.sizing import SizedEntry, SizingSkip, size_entry
+from services.trader.sizing import SizedEntry, SizingSkip, size_entry, within_brackets
+from shared.brackets import Bracket
 from shared.filters import SymbolFilters
 from shared.market_context import BadKline, MarketContextBank
 from shared.models import ClosedTrade, DecisionRecord, OrderIntent
@@ -49,6 +52,12 @@ log = logging.getLogger(__name__)
 BASELINE_VERSION = "baseline"
 NO_FILTERS = "no_filters"
 STRATEGY_VERSION = "slt-1"
+# decide's scalar path up to this many candidates, the array path above.  WHY: numpy's fixed
+# cost per operation (~1 us, ~40 operations) dominates a usual minute of 1-3 candidates
+# (bench/bench_trader_core.py part (c), learner off: scalar saves ~39 us at 1 candidate,
+# ~33 at 8, ~13 at 24).  8 stays well below that crossover, leaving room for the model
+# case, where the scalar path also turns its rows into an array for predict.
+SCALAR_MAX = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,23 @@ def _open_exposure(positions: Mapping[str, Any]) -> tuple[list[str], float]:
     return held, total
 
 
+class _Version(NamedTuple):
+    name: str  # model version (or baseline)
+    error: str | None  # model_error when the model failed this minute
+
+
+# (model rows, confidences, version, leverages, EVs) of a minute's candidates
+_Numbers = tuple[np.ndarray | list[list[float]], list[float], _Version, list[int], list[float]]
+
+
+def _ratio(reward: float, risk: float) -> float:
+    """reward / risk as numpy divides (inf or nan for a zero risk, which compute_leverage
+    refuses with the same LeverageInputError as leverage_many)."""
+    if risk == 0.0:
+        return math.inf if reward > 0.0 else math.nan
+    return reward / risk
+
+
 class TraderCore:
     def __init__(
         self,
@@ -124,10 +150,14 @@ class TraderCore:
         *,
         signal_params: SignalParams | None = None,
         strategy_version: str = STRATEGY_VERSION,
+        brackets: Mapping[str, Sequence[Bracket]] | None = None,
     ) -> None:
+        """`brackets`: symbol -> its leverage brackets (shared/brackets.py); an entry's
+        leverage and size are kept inside them (sizing.within_brackets)."""
         self.trading, self.risk = settings.trading, settings.risk
         self.taker_fee = float(settings.exchange.taker_fee)
         self.filters = dict(filters)
+        self.brackets: dict[str, Sequence[Bracket]] = dict(brackets or {})
         self.learner = learner
         self.params = signal_params or SignalParams.from_risk(settings.risk)
         self.strategy_version = strategy_version
@@ -144,6 +174,7 @@ class TraderCore:
         self._features: dict[str, list[float]] = {}
         self._market = self.trading.entry_order_type == "MARKET"
         self.last_received_ms = 0
+        self.scalar_max = SCALAR_MAX  # tests and benchmarks move it to force one path
 
     # ---- events ------------------------------------------------------------------------
     def on_closed_kline(self, kline: Any, now_ms: int) -> None:
@@ -213,13 +244,17 @@ class TraderCore:
         return [c for s in sorted(self._pending) for c in self._pending[s]
                 if c.open_time == minute_open_time]  # fmt: skip
 
-    def _score(self, X: np.ndarray, cands: list[Candidate]) -> tuple[list[float], str, str | None]:
-        """(confidences, model version, error reason) with one batched model call."""
+    def _score(
+        self, X: np.ndarray | list[list[float]], cands: list[Candidate]
+    ) -> tuple[list[float], str, str | None]:
+        """(confidences, model version, error reason) with one batched model call.  `X`: the
+        model rows, as an array or (scalar path) as lists, made an array only for a model."""
         champion = getattr(self.learner, "champion", None)
         if champion is None:
             return [c.score for c in cands], BASELINE_VERSION, None
         version = champion.meta.version
         try:
+            X = np.asarray(X, dtype=np.float64)
             p = np.asarray(champion.predict(X), dtype=np.float64)
             if p.shape != (len(cands),) or not np.all((p >= 0.0) & (p <= 1.0)):
                 raise ValueError(f"model output shape {p.shape} or values out of [0, 1]")
@@ -256,31 +291,30 @@ class TraderCore:
         """Decisions for the candidates of `minute_open_time` (none: []), best EV first.
         `open_positions`: symbol -> Position-like (size, entry_price) or a notional.
 
-        The per-candidate numbers (model rows, leverage) are computed over arrays, with
-        the same float operations as the scalar definitions (model_row, compute_leverage):
-        a minute may have hundreds of candidates and this runs on the trader's latency
-        path."""
+        The per-candidate numbers (model rows, leverage, EV) are computed over arrays when
+        a minute has many candidates (hundreds in the worst case, on the trader's latency
+        path) and one by one when it has a few (the usual minute, and the backtest's
+        per-minute cost), with the same float operations either way: the same decisions."""
         cands = self.pending_candidates(minute_open_time)
         if not cands:
             return []
-        m = self._model_inputs(cands)
-        conf, version, error = self._score(m.X, cands)
+        if len(cands) <= self.scalar_max:
+            rows, conf, version, levs, ev = self._numbers_scalar(cands)
+        else:
+            rows, conf, version, levs, ev = self._numbers_arrays(cands)
         p = self.win_rate.rate
-        levs = self._leverages(cands, conf, m, p) if error is None else [1] * len(cands)
-        fee = 2.0 * self.taker_fee
-        c_arr = np.array(conf, dtype=np.float64)  # ranking.expected_value, same operations:
-        ev = (c_arr * m.reward_pct - (1.0 - c_arr) * m.risk_pct - fee).tolist()
         filters = self.filters
         cols = ranking.Columns(
             ev, conf, [c.symbol for c in cands], [c.side for c in cands],
             [c.strategy for c in cands], range(len(cands)),
-            [error or (None if c.symbol in filters else NO_FILTERS) for c in cands],
+            [version.error or (None if c.symbol in filters else NO_FILTERS) for c in cands],
         )  # fmt: skip
         sized: dict[int, SizedEntry | SizingSkip] = {}
 
         def size(i: int) -> tuple[float, str | None]:
             """Lazily, only for candidates that reach the exposure check."""
-            sz = sized[i] = self._size(cands[i], levs[i], equity, available)
+            sz, levs[i] = self._size(cands[i], levs[i], equity, available)
+            sized[i] = sz
             return (float(sz.notional), None) if isinstance(sz, SizedEntry) else (0.0, sz.reason)
 
         held, exposure = _open_exposure(open_positions)
@@ -297,12 +331,60 @@ class TraderCore:
             intents: tuple[OrderIntent, ...] = ()
             record = None
             if taken and isinstance(sz, SizedEntry):
-                row = m.X[i].tolist()
-                intents, record = self._orders(c, sz, levs[i], conf[i], p, version, row)
+                row = rows[i] if isinstance(rows, list) else rows[i].tolist()
+                intents, record = self._orders(c, sz, levs[i], conf[i], p, version.name, row)
             detail = sz.detail if isinstance(sz, SizingSkip) else ""
             out.append(Decision(c.symbol, c.side, c.strategy, minute_open_time, rank, taken,
-                                reason, c.score, conf[i], ev[i], p, levs[i], version, c.reasons,
+                                reason, c.score, conf[i], ev[i], p, levs[i], version.name, c.reasons,
                                 detail, intents, record))  # fmt: skip
+        return out
+
+    def _numbers_arrays(self, cands: list[Candidate]) -> _Numbers:
+        """(model rows, confidences, version, leverages, EVs) over arrays: the model rows
+        (model_matrix), leverage_many and the EV with the same float operations as the
+        scalar definitions, for the minutes with many candidates."""
+        m = self._model_inputs(cands)
+        conf, name, error = self._score(m.X, cands)
+        p = self.win_rate.rate
+        levs = self._leverages(cands, conf, m, p) if error is None else [1] * len(cands)
+        fee = 2.0 * self.taker_fee
+        c_arr = np.array(conf, dtype=np.float64)  # ranking.expected_value, same operations:
+        ev = (c_arr * m.reward_pct - (1.0 - c_arr) * m.risk_pct - fee).tolist()
+        return m.X, conf, _Version(name, error), levs, ev
+
+    def _numbers_scalar(self, cands: list[Candidate]) -> _Numbers:
+        """`_numbers_arrays` with the scalar definitions (model_row, compute_leverage,
+        expected_value), for a minute's few candidates: bit-identical results
+        (tests/test_trader_vectorized.py runs both paths on the same minutes)."""
+        feats = self._features
+        rows = [model_row(feats[c.symbol], c) for c in cands]
+        conf, name, error = self._score(rows, cands)
+        fee = 2.0 * self.taker_fee
+        risk = [c.risk_pct for c in cands]
+        reward = [c.reward_pct for c in cands]
+        if error is None:
+            levs = self._leverages_scalar(cands, conf, reward, risk, self.win_rate.rate)
+        else:
+            levs = [1] * len(cands)
+        ev = [
+            cf * rw - (1.0 - cf) * rk - fee for cf, rw, rk in zip(conf, reward, risk, strict=True)
+        ]
+        return rows, conf, _Version(name, error), levs, ev
+
+    def _leverages_scalar(
+        self, cands: list[Candidate], conf: list[float], reward: list[float],
+        risk: list[float], p: float,
+    ) -> list[int]:  # fmt: skip
+        """`_leverages` candidate by candidate (compute_leverage is its spec)."""
+        f, r = self.filters, self.risk
+        out = []
+        for c, cf, rw, rk in zip(cands, conf, reward, risk, strict=True):
+            fl = f.get(c.symbol)
+            out.append(compute_leverage(
+                p, cf, _ratio(rw, rk), rk, kelly_fraction=r.kelly_fraction,
+                max_leverage=r.max_leverage, bracket_max=None if fl is None else fl.max_leverage,
+                liquidation_buffer=r.liquidation_buffer,
+            ).leverage)  # fmt: skip
         return out
 
     def _leverages(
@@ -322,13 +404,23 @@ class TraderCore:
 
     def _size(
         self, c: Candidate, lev: int, equity: Decimal | float, available: Decimal | float
-    ) -> SizedEntry | SizingSkip:
-        return size_entry(
-            side=c.side, entry=c.entry, stop=c.stop, take_profit=c.take_profit, equity=equity,
-            available=available, leverage=lev, risk_per_trade=self.trading.risk_per_trade,
-            min_notional=self.risk.min_notional, taker_fee=self.taker_fee,
-            filters=self.filters[c.symbol], market=self._market, invalidation=c.invalidation,
-        )  # fmt: skip
+    ) -> tuple[SizedEntry | SizingSkip, int]:
+        """(entry, leverage): sized at `lev`, then kept inside the symbol's leverage
+        brackets (sizing.within_brackets: the leverage may be lowered, never raised)."""
+
+        def at(leverage: int, cap: Decimal | None = None) -> SizedEntry | SizingSkip:
+            return size_entry(
+                side=c.side, entry=c.entry, stop=c.stop, take_profit=c.take_profit,
+                equity=equity, available=available, leverage=leverage,
+                risk_per_trade=self.trading.risk_per_trade, min_notional=self.risk.min_notional,
+                taker_fee=self.taker_fee, filters=self.filters[c.symbol], market=self._market,
+                invalidation=c.invalidation, notional_cap=cap,
+            )  # fmt: skip
+
+        sz = at(lev)
+        if isinstance(sz, SizingSkip):
+            return sz, lev
+        return within_brackets(sz, lev, self.brackets.get(c.symbol), at)
 
     def _orders(
         self, c: Candidate, sz: SizedEntry, lev: int, conf: float, win_rate: float,

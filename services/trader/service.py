@@ -43,6 +43,7 @@ import gc
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -61,6 +62,7 @@ from services.trader.signals import SignalParams
 from shared.binance.client import BinanceClient
 from shared.binance.errors import ExchangeError
 from shared.binance.retry import retry_async
+from shared.brackets import Bracket, parse_leverage_brackets
 from shared.bus import Consumer
 from shared.codec import decode_event, packer
 from shared.errors import MessageError
@@ -129,10 +131,12 @@ class TraderService(Service):
         self._iv = interval_ms(s.websocket.kline_interval)
         self.client = BinanceClient(s, self.redis)
         filters = await self._load_filters()
+        brackets = await self._load_brackets()
+        filters = _with_bracket_max(filters, brackets)
         self.symbols = frozenset(s.exchange.symbols)
         params = self._params or SignalParams.from_risk(s.risk)
         self.learner = Learner(s.model, store=ModelStore(s.model.dir))
-        self.core = TraderCore(s, filters, self.learner, signal_params=params)
+        self.core = TraderCore(s, filters, self.learner, signal_params=params, brackets=brackets)
         # acks ride with the next read: a minute's klines come in a few batches, and the
         # next one is wanted at once (bus.py, `ack_with_read`)
         self.klines_in = self.consumer(self.keys.stream_klines, start_id="$", count=1000,
@@ -188,6 +192,12 @@ class TraderService(Service):
     async def _load_filters(self) -> dict[str, SymbolFilters]:
         info = await retry_async(self.client.exchange_info, attempts=5, base_delay=0.5)
         return parse_exchange_info(info)
+
+    async def _load_brackets(self) -> dict[str, tuple[Bracket, ...]]:
+        """Leverage brackets of every symbol (one signed call, weight 1): the core keeps each
+        entry's leverage and notional inside them, so the exchange never answers -2027."""
+        resp = await retry_async(self.client.leverage_brackets, attempts=5, base_delay=0.5)
+        return parse_leverage_brackets(resp)
 
     async def _warm_up(self) -> dict[str, Bars] | None:
         """History over REST for every symbol (bounded concurrency): the last
@@ -458,3 +468,12 @@ class TraderService(Service):
             "holds": self.holds.stats() if self.holds else {},
             "rest": self.client.stats() if self.client else {},
         }  # fmt: skip
+
+
+def _with_bracket_max(
+    filters: dict[str, SymbolFilters], brackets: dict[str, tuple[Bracket, ...]]
+) -> dict[str, SymbolFilters]:
+    """Each symbol's highest bracket leverage as its `max_leverage` (leverage.py's bracket
+    cap), as the backtest's filters carry the simulator spec's maximum."""
+    return {s: replace(f, max_leverage=max(b.max_leverage for b in brackets[s]))
+            if brackets.get(s) else f for s, f in filters.items()}  # fmt: skip

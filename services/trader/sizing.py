@@ -11,20 +11,35 @@ entry rounds the price in the buyer's/seller's favour (BUY down, SELL up).
 
 An entry whose notional is below max(risk.min_notional, the symbol's MIN_NOTIONAL), or that
 breaks a filter, is skipped with a reason - never sent to be rejected by the exchange.
+
+Leverage brackets (`within_brackets`; shared/brackets.py).  Binance refuses (-2027) a
+position whose notional exceeds the cap of the bracket allowing its leverage, so a sized
+entry is checked against the symbol's brackets, `allowed = max_leverage_for(notional)`:
+    leverage <= allowed   kept as sized;
+    allowed >= 1          leverage lowered to `allowed` and the entry sized again (a lower
+                          leverage can only shrink the margin-limited notional, which then
+                          stays inside a bracket allowing `allowed`); never raised;
+    allowed == 0          (beyond the last cap) leverage 1 and the quantity capped at
+                          max_notional_at(brackets, 1) / price, rounded down to the step;
+                          below the minimum notional it is skipped as `bracket_cap`.
+No brackets known for the symbol: the entry is kept as sized.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from shared.brackets import Bracket, max_leverage_for, max_notional_at
 from shared.filters import FilterError, SymbolFilters, check_order, round_price, round_qty_down
 
 STOP_TOO_CLOSE = "stop_too_close"
 TARGET_TOO_CLOSE = "target_too_close"
 BELOW_MIN_NOTIONAL = "below_min_notional"
 NO_EQUITY = "no_equity"
+BRACKET_CAP = "bracket_cap"  # even leverage 1's bracket cannot hold a min-notional entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +52,7 @@ class SizedEntry:
     notional: Decimal
     risk_amount: Decimal  # loss at the stop, before fees
     margin: Decimal  # notional / leverage
-    limited_by: Literal["risk", "margin", "max_qty"]
+    limited_by: Literal["risk", "margin", "max_qty", "bracket"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +93,9 @@ def size_entry(
     filters: SymbolFilters,
     market: bool = True,
     invalidation: Decimal | float | None = None,
+    notional_cap: Decimal | None = None,
 ) -> SizedEntry | SizingSkip:
+    """`notional_cap`: a leverage bracket's cap on the position (within_brackets)."""
     eq, avail = _dec(equity), _dec(available)
     if not (eq.is_finite() and avail.is_finite()) or eq <= 0 or avail <= 0:
         return SizingSkip(NO_EQUITY, f"equity={eq} available={avail}")
@@ -98,13 +115,17 @@ def size_entry(
     max_notional = avail / (Decimal(1) / Decimal(leverage) + _dec(taker_fee))
     qty_margin = max_notional / price
     max_qty = filters.market_max_qty if market else filters.max_qty
-    raw, limited_by = min((qty_risk, "risk"), (qty_margin, "margin"), (max_qty, "max_qty"))
+    limits = [(qty_risk, "risk"), (qty_margin, "margin"), (max_qty, "max_qty")]
+    if notional_cap is not None:
+        limits.append((notional_cap / price, "bracket"))
+    raw, limited_by = min(limits)
     step = filters.market_step_size if market else filters.step_size
     qty = round_qty_down(raw, step)
     notional = qty * price
     need = max(_dec(min_notional), filters.min_notional)
     if qty <= 0 or notional < need:
-        return SizingSkip(BELOW_MIN_NOTIONAL, f"notional={notional} need={need} by={limited_by}")
+        why = BRACKET_CAP if limited_by == "bracket" else BELOW_MIN_NOTIONAL
+        return SizingSkip(why, f"notional={notional} need={need} by={limited_by}")
     try:
         check_order(filters, qty, price, market=market)
         for p in (sl, tp):  # protective orders are conditional at these prices
@@ -118,3 +139,19 @@ def size_entry(
     return SizedEntry(
         qty, price, sl, tp, inv, notional, qty * dist, notional / leverage, limited_by
     )  # type: ignore[arg-type]
+
+
+Resize = Callable[[int, Decimal | None], SizedEntry | SizingSkip]
+
+
+def within_brackets(
+    sized: SizedEntry, leverage: int, brackets: Sequence[Bracket] | None, resize: Resize
+) -> tuple[SizedEntry | SizingSkip, int]:
+    """(entry, leverage) that the symbol's brackets allow (module doc).  `resize(leverage,
+    notional_cap)` sizes the same entry again."""
+    allowed = max_leverage_for(brackets or (), sized.notional)
+    if allowed is None or leverage <= allowed:
+        return sized, leverage
+    if allowed >= 1:
+        return resize(allowed, None), allowed
+    return resize(1, max_notional_at(brackets or (), 1)), 1
