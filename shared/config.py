@@ -90,8 +90,10 @@ class TradingConfig(_Section):
     no_progress_minutes: int = Field(60, ge=1, description="entry invalidation by no progress")
     history_bars: int = Field(300, ge=50, description="closed klines kept per symbol")
     decision_grace: float = Field(
-        2.0, ge=0, description="seconds of EVENT time after a minute's first closed kline "
-        "before the trader decides that minute without the symbols still missing"
+        2.0,
+        ge=0,
+        description="seconds of EVENT time after a minute's first closed kline "
+        "before the trader decides that minute without the symbols still missing",
     )
     decision_timeout: float = Field(
         5.0, gt=0, description="wall-clock bound on that wait when no later event arrives"
@@ -235,12 +237,14 @@ class ModelConfig(_Section):
     win_rate_window: int = Field(100, ge=1)
     label_horizon: int = Field(60, ge=1, description="time barrier in bars")
     cold_start: Literal["rest", "file", "off"] = Field(
-        "rest", description="labelled history for the first model: REST klines, kline CSV "
-        "files (cold_start_files) or none (signal scores until enough trades)"
+        "rest",
+        description="labelled history for the first model: REST klines, kline CSV "
+        "files (cold_start_files) or none (signal scores until enough trades)",
     )
     cold_start_files: list[str] = Field(
-        default_factory=list, description="Binance kline CSVs (.csv/.csv.gz): `SYMBOL=path` "
-        "or a path whose file name starts with the symbol (BTCUSDT-1m-..., BTC_USDT_...)"
+        default_factory=list,
+        description="Binance kline CSVs (.csv/.csv.gz): `SYMBOL=path` "
+        "or a path whose file name starts with the symbol (BTCUSDT-1m-..., BTC_USDT_...)",
     )
     cold_start_bars: int = Field(4500, ge=100, le=50_000, description="klines per symbol (REST)")
 

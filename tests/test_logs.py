@@ -54,9 +54,7 @@ def test_one_json_object_per_line_with_extras(log_out: io.StringIO) -> None:
 
 def test_secrets_logged_by_accident_are_redacted(log_out: io.StringIO) -> None:
     log = logging.getLogger("shared.binance.client")
-    url = (
-        f"http://127.0.0.1:8900/fapi/v1/order?symbol=BTCUSDT&timestamp=1&signature={'ab12' * 16}"
-    )
+    url = f"http://127.0.0.1:8900/fapi/v1/order?symbol=BTCUSDT&timestamp=1&signature={'ab12' * 16}"
     log.info("sending %s", url)
     log.info("headers %s", {"X-MBX-APIKEY": "not-configured-but-a-header-value"})
     log.debug("raw header X-MBX-APIKEY: anotherheadervalue9")

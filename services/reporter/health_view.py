@@ -154,7 +154,10 @@ def seed_feed_block(services: Iterable[ServiceHealth]) -> dict[str, dict[str, An
             s.status != "down" and _bool(s.stats.get("connected")) is not False for s in group
         )
 
-    last = [_num(s.stats.get("last_update_ms") or s.stats.get("last_update")) or s.last_event_time or 0 for s in kl]
+    last = [
+        _num(s.stats.get("last_update_ms") or s.stats.get("last_update")) or s.last_event_time or 0
+        for s in kl
+    ]
     return {
         "kline_feed": {
             "connected": connected(kl),
