@@ -529,13 +529,9 @@ async def test_entry_kept_inside_the_leverage_brackets(
     the trader would pick (the exchange would answer -2027): it is placed at the bracket's
     leverage and accepted."""
     async with paused_sim() as sim:
-        spec = sim.specs["BTCUSDT"]
-        kept = list(spec.brackets)  # a module-level list the specs share: restored below
+        spec = sim.specs["BTCUSDT"]  # its own copy of the tiers: changed for this sim only
         spec.brackets[:] = make_brackets([(5, 125, "0.004"), (10_000_000, 2, "0.01")])
-        try:
-            await _enter_inside_brackets(sim, spec, redis_url, prefix, redis_client, tmp_path)
-        finally:
-            spec.brackets[:] = kept
+        await _enter_inside_brackets(sim, spec, redis_url, prefix, redis_client, tmp_path)
 
 
 async def _enter_inside_brackets(sim, spec, redis_url, prefix, redis_client, tmp_path) -> None:

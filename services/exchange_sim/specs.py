@@ -163,7 +163,7 @@ _REAL: dict[str, dict[str, Any]] = {
         market_max_qty=Decimal("120"),
         min_notional=Decimal("100"),
         max_leverage=125,
-        brackets=MAJOR_BRACKETS,
+        brackets=list(MAJOR_BRACKETS),  # a copy: a test may change one spec's tiers
         min_price=Decimal("261.10"),
         max_price=Decimal("809484"),
     ),
@@ -176,7 +176,7 @@ _REAL: dict[str, dict[str, Any]] = {
         market_max_qty=Decimal("2000"),
         min_notional=Decimal("20"),
         max_leverage=125,
-        brackets=MAJOR_BRACKETS,
+        brackets=list(MAJOR_BRACKETS),  # a copy: a test may change one spec's tiers
         min_price=Decimal("39.86"),
         max_price=Decimal("306177"),
     ),
