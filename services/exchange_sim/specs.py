@@ -163,7 +163,7 @@ _REAL: dict[str, dict[str, Any]] = {
         market_max_qty=Decimal("120"),
         min_notional=Decimal("100"),
         max_leverage=125,
-        brackets=list(MAJOR_BRACKETS),  # a copy: a test may change one spec's tiers
+        brackets=MAJOR_BRACKETS,
         min_price=Decimal("261.10"),
         max_price=Decimal("809484"),
     ),
@@ -176,7 +176,7 @@ _REAL: dict[str, dict[str, Any]] = {
         market_max_qty=Decimal("2000"),
         min_notional=Decimal("20"),
         max_leverage=125,
-        brackets=list(MAJOR_BRACKETS),  # a copy: a test may change one spec's tiers
+        brackets=MAJOR_BRACKETS,
         min_price=Decimal("39.86"),
         max_price=Decimal("306177"),
     ),
@@ -203,6 +203,7 @@ def default_spec(
     p = float(price)
     if symbol in _REAL:
         real = dict(_REAL[symbol])
+        real["brackets"] = list(real["brackets"])  # each spec its own tiers (tests change one)
         step = real["step_size"]
         return SymbolSpec(
             symbol=symbol,
