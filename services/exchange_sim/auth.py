@@ -65,6 +65,15 @@ def bad_param(name: str) -> ApiError:
     return ApiError(400, -1130, f"Data sent for parameter '{name}' is not valid.")
 
 
+def opt_int(raw: str | None, name: str) -> int | None:
+    """An optional integer parameter: None when absent or empty, -1130 when malformed."""
+    if raw is None or raw == "":
+        return None
+    if not raw.lstrip("-").isdigit():
+        raise bad_param(name)
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class SimAccount:
     """One simulated account: its API key, secret and starting wallet balance (USDT).

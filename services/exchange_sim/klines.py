@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .auth import ApiError, bad_param
+from .auth import ApiError, bad_param, opt_int
 from .market.bar import Bar, bar_updates_many
 from .specs import SymbolSpec
 
@@ -268,25 +268,17 @@ class Series:
         return self._a[: self._n]
 
 
-def _opt_int(raw: str | None, name: str) -> int | None:
-    if raw is None or raw == "":
-        return None
-    if not raw.lstrip("-").isdigit():
-        raise bad_param(name)
-    return int(raw)
-
-
 def parse_query(
     interval: str, start: str | None, end: str | None, limit: str | None
 ) -> tuple[int, int | None, int | None, int]:
     """Validate REST kline parameters the way Binance answers bad ones."""
     if interval not in INTERVALS_MIN:
         raise ApiError(400, -1120, "Invalid interval.")
-    lim = _opt_int(limit, "limit")
+    lim = opt_int(limit, "limit")
     lim = 500 if lim is None else lim
     if not 1 <= lim <= 1500:
         raise bad_param("limit")
-    s, e = _opt_int(start, "startTime"), _opt_int(end, "endTime")
+    s, e = opt_int(start, "startTime"), opt_int(end, "endTime")
     if s is not None and e is not None and s > e:
         raise ApiError(400, -1023, "Start time is greater than end time.")
     return INTERVALS_MIN[interval] * MINUTE_MS, s, e, lim

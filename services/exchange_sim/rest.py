@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from .auth import ApiError, SimAccount, missing_param, parse_params
-from .engine.errors import EngineReject, invalid_param
+from .auth import ApiError, SimAccount, missing_param, opt_int, parse_params
+from .engine.errors import EngineReject
 from .specs import exchange_info, leverage_brackets
 
 if TYPE_CHECKING:
@@ -51,15 +51,6 @@ class Ctx:
         if value is None or value == "":
             raise missing_param(name)
         return value
-
-    def opt_int(self, name: str) -> int | None:
-        """An optional integer parameter (None when absent); malformed -> -1130."""
-        value = self.params.get(name)
-        if value is None or value == "":
-            return None
-        if not value.lstrip("-").isdigit():
-            raise invalid_param(name)
-        return int(value)
 
     @property
     def account_id(self) -> str:
@@ -204,7 +195,9 @@ def user_trades(ctx: Ctx) -> Any:
     symbol = ctx.require("symbol").upper()
     raw = ctx.params.get("limit", "500")
     limit = int(raw) if raw.isdigit() and 1 <= int(raw) <= 1000 else 500
-    start, end, from_id = (ctx.opt_int(k) for k in ("startTime", "endTime", "fromId"))
+    start, end, from_id = (
+        opt_int(ctx.params.get(k), k) for k in ("startTime", "endTime", "fromId")
+    )
     return ctx.sim.exchange.user_trades(ctx.account_id, symbol, limit, start=start, end=end,
                                         from_id=from_id, now_ms=ctx.now_ms)  # fmt: skip
 
