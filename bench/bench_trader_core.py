@@ -211,19 +211,6 @@ def part_b(series: dict[str, Bars], data, minutes: int, n_symbols: int = 200) ->
           f"p99 {np.percentile(ts, 99):.2f} ms")  # fmt: skip
 
 
-def _keep(core: TraderCore, minute: int, k: int) -> int:
-    """Leave at most the first k of the minute's candidates pending; how many are left."""
-    left = k
-    for s in sorted(core._pending):
-        cs = [c for c in core._pending[s] if c.open_time == minute][:left]
-        left -= len(cs)
-        if cs:
-            core._pending[s] = cs
-        else:
-            del core._pending[s], core._features[s]
-    return k - left
-
-
 def part_c(series: dict[str, Bars], minutes: int = 60, calls: int = 30) -> None:
     names = list(series)
     syms = [f"S{i:02d}USDT" for i in range(24)]
@@ -253,7 +240,7 @@ def part_c(series: dict[str, Bars], minutes: int = 60, calls: int = 30) -> None:
             for s in syms:
                 core.on_closed_kline(feeds[s][m], 0)
             minute = feeds[syms[0]][m].open_time
-            if _keep(core, minute, n) < n:
+            if core.keep_first_candidates(minute, n) < n:
                 continue
             for _ in range(calls):
                 for limit, xs in per.items():

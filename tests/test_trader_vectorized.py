@@ -172,19 +172,6 @@ class _BrokenModel:
         return np.full(len(X), 2.0)
 
 
-def _keep(core: TraderCore, minute: int, k: int) -> None:
-    """Leave exactly the first k of the minute's candidates (decide's order) pending."""
-    left = k
-    for s in sorted(core._pending):
-        cs = [c for c in core._pending[s] if c.open_time == minute][:left]
-        left -= len(cs)
-        if cs:
-            core._pending[s] = cs
-        else:
-            del core._pending[s], core._features[s]
-    assert len(core.pending_candidates(minute)) == k
-
-
 @pytest.mark.parametrize("model", ["trained", "none", "broken"])
 def test_scalar_and_array_paths_decide_the_same_bit_for_bit(model: str) -> None:
     """Each minute is decided at its full size and cut down to the sizes around the
@@ -202,7 +189,8 @@ def test_scalar_and_array_paths_decide_the_same_bit_for_bit(model: str) -> None:
         held = {SYMBOLS[m % 5]: 2.0} if m % 2 else {}
         for k in (None, SCALAR_MAX + 1, SCALAR_MAX, 3, 2, 1):
             if k is not None:
-                _keep(core, minute, k)
+                assert core.keep_first_candidates(minute, k) == k
+                assert len(core.pending_candidates(minute)) == k
             n = len(core.pending_candidates(minute))
             got = {}
             for limit in (0, n, SCALAR_MAX):  # arrays, scalar, the default choice

@@ -244,6 +244,20 @@ class TraderCore:
         return [c for s in sorted(self._pending) for c in self._pending[s]
                 if c.open_time == minute_open_time]  # fmt: skip
 
+    def keep_first_candidates(self, minute_open_time: int, k: int) -> int:
+        """Drop all but the first `k` pending candidates of the minute (decide's order);
+        how many are left.  For benchmarks and tests that decide one minute at several
+        batch sizes (the scalar and array paths)."""
+        left = k
+        for s in sorted(self._pending):
+            cs = [c for c in self._pending[s] if c.open_time == minute_open_time][:left]
+            left -= len(cs)
+            if cs:
+                self._pending[s] = cs
+            else:
+                del self._pending[s], self._features[s]
+        return k - left
+
     def _score(
         self, X: np.ndarray | list[list[float]], cands: list[Candidate]
     ) -> tuple[list[float], str, str | None]:
