@@ -70,12 +70,19 @@ class Keys:
 
     # ---- latest state (hashes) ---------------------------------------------
     def kline(self, symbol: str) -> str:
-        """Latest closed kline of a symbol (seed cache format). Its `open_time` field is
-        also the exactly-once guard: the last open time published to `stream:klines`.
-        Writer: shared.kline_publisher's script only (kline_feed, rest_fallback).
-        Readers: `KlinePublisher.last_open_times`, get_cached_kline, rest_fallback.
-        (The guard's former hash `kline:last_open_time` is no longer written or read.)"""
+        """Latest closed kline of a symbol (seed cache format), written a few ms after
+        its stream entry, never by an older kline.  Writer: shared.kline_publisher's cache
+        script only (kline_feed, rest_fallback).  Readers: get_cached_kline, rest_fallback
+        (and `last_open_times` for a symbol the guard hash has no field for yet).
+        (The old guard hash `kline:last_open_time` of the first deployments is dead data.)"""
         return f"{self.prefix}kline:{symbol}"
+
+    @property
+    def klines_last_published(self) -> str:
+        """The exactly-once guard: hash symbol -> open time of its last kline in
+        `stream:klines`.  Writer: shared.kline_publisher's publish script only (with the
+        XADD, atomically).  Reader: `KlinePublisher.last_open_times`."""
+        return f"{self.prefix}klines:last_published"
 
     @property
     def prices(self) -> str:

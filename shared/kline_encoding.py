@@ -1,6 +1,6 @@
-"""How a closed kline is written by the exactly-once script (`shared.kline_publisher`):
-the values of its `kline:<SYMBOL>` cache hash and of its stream entry, and the ONE blob
-a chunk of klines travels in.
+"""How a closed kline is written by the exactly-once scripts (`shared.kline_publisher`):
+the values of its stream entry and of its `kline:<SYMBOL>` cache hash, and the blob a
+chunk of klines travels in to each script (`pack_publish`, then `pack_cache`).
 
 WHY a module of its own: this runs for every closed kline on kline_feed's hot path, so
 it is written for speed (msgspec for the numbers' text and the event's msgpack, one
@@ -19,19 +19,23 @@ from typing import Any, get_type_hints
 import msgpack
 import msgspec
 
-from shared.codec import encode_event, pack
+from shared.codec import encode_event
 from shared.models import Kline
 
 __all__ = [
     "CACHE_FIELDS",
+    "ENTRY_TYPE",
+    "ENTRY_VERSION",
     "KLINE_FIELDS",
     "AnyKline",
     "KlineRow",
     "NO_EXPECT",
     "STREAM_FIELDS",
+    "cache_values",
+    "event_data",
     "kline_entry",
-    "kline_values",
-    "pack_batch",
+    "pack_cache",
+    "pack_publish",
     "resp_command",
 ]
 
@@ -44,9 +48,9 @@ STREAM_FIELDS: tuple[str, ...] = tuple(_PROTO)  # type, symbol, event_time, v, d
 _values = attrgetter(*KLINE_FIELDS)
 _OPEN_AT = KLINE_FIELDS.index("open_time")
 _TYPE, _VERSION = _PROTO["type"], _PROTO["v"]
+ENTRY_TYPE, ENTRY_VERSION = _TYPE, _VERSION  # the stream entry's `type` and `v` values
 assert STREAM_FIELDS == ("type", "symbol", "event_time", "v", "data"), STREAM_FIELDS
-_HEADER: tuple[Any, ...] = (len(CACHE_FIELDS), len(STREAM_FIELDS), _OPEN_AT + 1, *CACHE_FIELDS,
-                            *STREAM_FIELDS)  # fmt: skip
+_CACHE_HEADER: tuple[Any, ...] = (len(CACHE_FIELDS), _OPEN_AT + 1, *CACHE_FIELDS)
 
 # How `Kline.to_cache_hash` writes each field (shared.models._hash_out), by declared type:
 # floats by repr, bools as 1/0, the rest by str.
@@ -106,55 +110,62 @@ assert KlineRow.__struct_fields__ == KLINE_FIELDS, KlineRow.__struct_fields__
 AnyKline = Kline | KlineRow
 
 
-def kline_values(k: AnyKline) -> list[Any]:
-    """The cache hash values (CACHE_FIELDS order) followed by the stream entry values
-    (STREAM_FIELDS order) of one kline: what the script writes.
+def cache_values(k: AnyKline) -> list[Any]:
+    """The cache hash values of one kline, in CACHE_FIELDS order (str or ASCII bytes).
 
-    The same as `to_cache_hash()` and `encode_event("kline", to_dict(), ...)`
-    (tests/test_kline_publisher.py checks the equivalence with Hypothesis), at ~2 us
-    instead of ~10: this runs for every closed kline.  The 13 numbers are formatted in
-    one msgspec JSON call, whose text equals `str`/`repr` except where repr would use an
-    exponent (below 1e-4, from 1e16) or for NaN/inf: those take `_kline_values_slow`.
-    The event is msgspec's msgpack of the dataclass or struct: the same bytes as
-    `codec.pack` of `to_dict()` (a map in field order, float64, compact ints)."""
+    The same text as `to_cache_hash()` (tests/test_kline_publisher.py checks it with
+    Hypothesis), at ~2 us instead of ~10.  The 13 numbers are formatted in one msgspec
+    JSON call, whose text equals `str`/`repr` except where repr would use an exponent
+    (below 1e-4, from 1e16) or for NaN/inf: those take `_cache_values_slow`."""
     raw = _json(_numbers(k))
     if b"e" in raw or b",0.0000" in raw or b"n" in raw:
-        return _kline_values_slow(k)
+        return _cache_values_slow(k)
     n = raw[1:-1].split(b",")
-    return [k.symbol, k.interval, *n[:11], b"1" if k.closed else b"0", n[11], n[12], n[0],
-            _TYPE, k.symbol, n[11], _VERSION, _msgpack(k)]  # fmt: skip
+    return [k.symbol, k.interval, *n[:11], b"1" if k.closed else b"0", n[11], n[12], n[0]]
 
 
-def _kline_values_slow(k: AnyKline) -> list[Any]:
-    """`kline_values` for any value: one %-format over the attribute tuple (split on a
+def _cache_values_slow(k: AnyKline) -> list[Any]:
+    """`cache_values` for any value: one %-format over the attribute tuple (split on a
     unit separator no symbol or interval contains)."""
-    vals = _values(k)
-    out: list[Any] = (_CACHE_FORMAT % vals).split(_SEP)
+    out: list[Any] = (_CACHE_FORMAT % _values(k)).split(_SEP)
     out.append(out[_OPEN_AT])  # timestamp = open time, as in the seed's example
-    out += (_TYPE, k.symbol, str(k.event_time), _VERSION,
-            pack(dict(zip(KLINE_FIELDS, vals, strict=True))))  # fmt: skip
     return out
+
+
+def event_data(k: AnyKline) -> bytes:
+    """The stream entry's `data`: msgspec's msgpack of the dataclass or struct, the same
+    bytes as `codec.pack(to_dict())` (a map in field order, float64, compact ints)."""
+    return _msgpack(k)
 
 
 def kline_entry(k: AnyKline) -> tuple[list[str], list[Any]]:
     """(cache hash values in CACHE_FIELDS order, stream entry values in STREAM_FIELDS
-    order) of one kline, as text (and the event's bytes); see `kline_values`."""
-    out = [v.decode() if isinstance(v, bytes) else v for v in kline_values(k)[:-1]]
-    n = len(CACHE_FIELDS)
-    return out[:n], [*out[n:], _msgpack(k)]
+    order) of one kline, as text (and the event's bytes): what the two scripts write."""
+    cache = [v.decode() if isinstance(v, bytes) else v for v in cache_values(k)]
+    return cache, [_TYPE, k.symbol, str(k.event_time), _VERSION, _msgpack(k)]
 
 
-def pack_batch(klines: Sequence[AnyKline], expects: Sequence[int] | None = None) -> bytes:
-    """The script's ARGV[2] for `klines` (see PUBLISH_LUA)."""
-    flat = list(_HEADER)
+def pack_publish(klines: Sequence[AnyKline], expects: Sequence[int] | None = None) -> bytes:
+    """ARGV blob of the publish script (`shared.kline_publisher.PUBLISH_LUA`): per kline
+    [symbol, open time, expect, event time as text, event data], one flat array.
+
+    Only what the stream entry and the guard need: the cache's text (float formatting,
+    ~4x the bytes) travels later, in `pack_cache`, off the path of the stream."""
+    flat: list[Any] = []
     if expects is None:
-        for k in klines:
-            flat.append(NO_EXPECT)
-            flat += kline_values(k)
-    else:
-        for k, e in zip(klines, expects, strict=True):
-            flat.append(e)
-            flat += kline_values(k)
+        expects = [NO_EXPECT] * len(klines)
+    for k, e in zip(klines, expects, strict=True):
+        flat += (k.symbol, k.open_time, e, b"%d" % k.event_time, _msgpack(k))
+    return msgpack.packb(flat, use_bin_type=False)  # type: ignore[no-any-return]
+
+
+def pack_cache(klines: Sequence[AnyKline]) -> bytes:
+    """ARGV blob of the cache script (`CACHE_LUA`): [#fields, index of open_time, field
+    names..., then per kline its cache values], one flat array (no bin type: Redis 7.0's
+    cmsgpack does not read it)."""
+    flat = list(_CACHE_HEADER)
+    for k in klines:
+        flat += cache_values(k)
     return msgpack.packb(flat, use_bin_type=False)  # type: ignore[no-any-return]
 
 

@@ -1,17 +1,23 @@
 """The ONE exactly-once path for closed klines into Redis, shared by kline_feed and
 rest_fallback, plus the REST backfill both use to fill gaps.
 
-Identity of a kline is (symbol, open time).  A Lua script compares the open time with the
-`open_time` field of the symbol's `<prefix>kline:<SYMBOL>` cache hash (the seed's format,
-`Kline.to_cache_hash()`, written by this script only) and only when it is newer does,
-atomically: `XADD <prefix>stream:klines MAXLEN ~ n` (the bus format of `shared.codec`) and
-`HSET` the cache hash, whose `open_time` is then the new guard.  Anything not newer is a
-duplicate and changes nothing.  So a reconnect, a duplicate message, a backfill, a second
-feed instance or rest_fallback can all offer the same kline: it reaches the stream once.
-The check lives in Redis, not in process memory, because several processes publish.
-(The guard used to be a separate hash `kline:last_open_time`; folding it into the cache
-hash saves a write per kline.  Both were always written together, so an upgraded
-deployment reads the same value; the old hash is no longer written or read.)
+Identity of a kline is (symbol, open time).  The publish script compares the open time
+with the symbol's field in the guard hash `<prefix>klines:last_published` and only when it
+is newer does, atomically: `XADD <prefix>stream:klines` (the bus format of `shared.codec`)
+and set the guard field.  Anything not newer is a duplicate and changes nothing.  So a
+reconnect, a duplicate message, a backfill, a second feed instance or rest_fallback can
+all offer the same kline: it reaches the stream once.  The check lives in Redis, not in
+process memory, because several processes publish.
+
+The `<prefix>kline:<SYMBOL>` cache hash (the seed's format, `Kline.to_cache_hash()`) is
+written by a second script, sent after the publish script's chunks: it writes a hash
+only with a newer kline, so it never goes back, and it is idempotent.  WHY two scripts:
+a minute's 200 closes are latency-bound, and the cache's 17 text fields cost Redis as
+much as the stream entry and the feed the float formatting; split, the stream entries
+are in Redis before any of that work starts.  The cache may trail the stream by the time
+the cache script takes (a few ms), or by a minute if the writer dies between the two.
+(Upgrade: a symbol with no guard field is read from its cache hash's `open_time`, the
+guard of the previous deployment; the older `kline:last_open_time` hash is not read.)
 
 What the script cannot do is fill a hole: once minute M is in, M-1 can never be added.
 Gaps are therefore prevented by the CALLER: per symbol, publishing is sequential, and a
@@ -22,10 +28,11 @@ time that must be the last one in Redis (`expect`): if it is not (an earlier com
 the pipeline failed), the kline is refused (`PublishResult.refused`) rather than
 published over a hole, and the caller backfills.
 
-A batch goes in pipelined `EVALSHA`s of CHUNK klines each (the script loops over a chunk;
+A batch goes in pipelined `EVALSHA`s of CHUNK klines each (the scripts loop over a chunk;
 the encoding is `shared.kline_encoding`), so a minute's 200 closes take one round trip
-and their encoding overlaps the script's run.  Redis Cluster: every key a script touches must hash to one slot, so there use a
-prefix with a hash tag, e.g. `{slt}:`; the script already declares all its keys in KEYS.
+and their encoding overlaps the script's run.  Redis Cluster: every key a script touches
+must hash to one slot, so there use a prefix with a hash tag, e.g. `{slt}:`; the scripts
+declare all their keys in KEYS.
 """
 
 from __future__ import annotations
@@ -41,11 +48,14 @@ from shared.errors import MessageError
 from shared.keys import Keys
 from shared.kline_encoding import (
     CACHE_FIELDS,
+    ENTRY_TYPE,
+    ENTRY_VERSION,
     NO_EXPECT,
     STREAM_FIELDS,
     AnyKline,
     kline_entry,
-    pack_batch,
+    pack_cache,
+    pack_publish,
     resp_command,
 )
 from shared.models import Kline
@@ -69,43 +79,76 @@ __all__ = [
 MAX_REST_LIMIT = 1500
 CHUNK = 32  # klines per EVALSHA (the chunks of a batch are pipelined)
 
-# KEYS[1] stream, KEYS[1 + i] cache hash of kline i.  ARGV[1] maxlen, ARGV[2] the batch as
-# ONE flat msgpack array (no bin type: Redis 7.0's cmsgpack does not read it; flat: one Lua
-# table, not three per kline): [#cache names, #stream names, index of open_time among the
-# cache values, cache names..., stream names..., then per kline: expect, cache values...,
-# stream values...].  One blob instead of ~40 arguments per kline keeps redis-py's
-# per-argument packing (slow, in Python) off the hot path; the names go once, into two
-# argument tables reused for every kline (no table built per kline).
+# The publish script.  KEYS[1] the stream, KEYS[2] the guard hash (symbol -> last open
+# time in the stream), KEYS[2 + i] the cache hash of kline i (read only when the guard has
+# no field for the symbol: a deployment from before the guard hash kept it there).
+# ARGV[1] maxlen, ARGV[2] / ARGV[3] the entry's `type` / `v`, ARGV[4] the chunk as ONE flat
+# msgpack array, per kline [symbol, open time, expect, event time, data] (one blob instead
+# of ~10 arguments per kline keeps redis-py's per-argument packing off the hot path).
+# A symbol may come several times in a chunk (a backfill): `cur` holds its latest value.
 # Returns, per kline, two items: the entry id (published), 0 (duplicate) or -1 (refused:
-# the last open time in Redis is not `expect`), and the last open time after the call
-# (-1: none).
+# the last open time in Redis is not `expect`), and the last open time after it (-1: none).
+# The stream is trimmed once per call (`XTRIM ~` per XADD cost more than the XADD).
 PUBLISH_LUA = """
-local stream, maxlen = KEYS[1], ARGV[1]
-local b = cmsgpack.unpack(ARGV[2])
-local nc, ns, oti = b[1], b[2], b[3]
-local ca, sa = {}, {}
-for j = 1, nc do ca[2 * j - 1] = b[3 + j] end
-for j = 1, ns do sa[2 * j - 1] = b[3 + nc + j] end
-local p = 4 + nc + ns
-local call, out, n = redis.call, {}, 0
-for i = 2, #KEYS do
-  local key, expect = KEYS[i], b[p]
-  local ot = tonumber(b[p + oti])
-  local last = tonumber(call('HGET', key, 'open_time'))
-  if last and last >= ot then
-    out[n + 1], out[n + 2] = 0, last
-  elseif expect >= 0 and last ~= expect then
-    out[n + 1], out[n + 2] = -1, last or -1
-  else
-    for j = 1, ns do sa[2 * j] = b[p + nc + j] end
-    out[n + 1], out[n + 2] = call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(sa)), ot
-    for j = 1, nc do ca[2 * j] = b[p + j] end
-    call('HSET', key, unpack(ca))
+local stream, guard = KEYS[1], KEYS[2]
+local b = cmsgpack.unpack(ARGV[4])
+local n = #KEYS - 2
+local call = redis.call
+local syms = {}
+for i = 1, n do syms[i] = b[5 * i - 4] end
+local lasts = call('HMGET', guard, unpack(syms))
+local sa = {'type', ARGV[2], 'symbol', '', 'event_time', '', 'v', ARGV[3], 'data', ''}
+local out, cur, changed, any = {}, {}, {}, false
+for i = 1, n do
+  local p = 5 * i - 4
+  local sym, ot, expect = b[p], b[p + 1], b[p + 2]
+  local last = cur[sym]
+  if last == nil then
+    last = tonumber(lasts[i]) or tonumber(call('HGET', KEYS[2 + i], 'open_time')) or false
   end
-  n = n + 2
-  p = p + 1 + nc + ns
+  if last and last >= ot then
+    out[2 * i - 1], out[2 * i] = 0, last
+  elseif expect >= 0 and last ~= expect then
+    out[2 * i - 1], out[2 * i] = -1, last or -1
+  else
+    sa[4], sa[6], sa[10] = sym, b[p + 3], b[p + 4]
+    out[2 * i - 1], out[2 * i] = call('XADD', stream, '*', unpack(sa)), ot
+    last, changed[sym], any = ot, ot, true
+  end
+  cur[sym] = last
+end
+if any then
+  local upd, u = {}, 0
+  for sym, ot in pairs(changed) do
+    upd[u + 1], upd[u + 2] = sym, ot
+    u = u + 2
+  end
+  call('HSET', guard, unpack(upd))
+  call('XTRIM', stream, 'MAXLEN', '~', ARGV[1])
 end
 return out
+"""
+
+# The cache script: KEYS[i] the cache hash of kline i; ARGV[1] one flat msgpack array
+# [#fields, index of open_time, field names..., then per kline its values].  A hash is
+# only written by a newer kline, so a late backfill never turns the cache back.
+CACHE_LUA = """
+local b = cmsgpack.unpack(ARGV[1])
+local nc, oti = b[1], b[2]
+local ca = {}
+for j = 1, nc do ca[2 * j - 1] = b[2 + j] end
+local p, call, written = 3 + nc, redis.call, 0
+for i = 1, #KEYS do
+  local ot = tonumber(b[p + oti - 1])
+  local last = tonumber(call('HGET', KEYS[i], 'open_time'))
+  if not last or last < ot then
+    for j = 1, nc do ca[2 * j] = b[p + j - 1] end
+    call('HSET', KEYS[i], unpack(ca))
+    written = written + 1
+  end
+  p = p + nc
+end
+return written
 """
 
 _UNITS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -154,28 +197,37 @@ class KlinePublisher:
         self.keys = keys
         self.maxlen = int(maxlen)
         self._sha: str | bytes | None = None
+        self._cache_sha: str | bytes | None = None
 
     def eval_args(
         self, klines: Sequence[AnyKline], expects: Sequence[int] | None = None
     ) -> list[str | bytes | int]:
-        """`EVALSHA` and its arguments for one chunk (the script must be loaded)."""
+        """`EVALSHA` of the publish script and its arguments for one chunk (loaded)."""
         kline_key = self.keys.kline
         assert self._sha is not None, "load_script() first"
-        return ["EVALSHA", self._sha, 1 + len(klines), self.keys.stream_klines,
-                *[kline_key(k.symbol) for k in klines], self.maxlen,
-                pack_batch(klines, expects)]  # fmt: skip
+        return ["EVALSHA", self._sha, 2 + len(klines), self.keys.stream_klines,
+                self.keys.klines_last_published, *[kline_key(k.symbol) for k in klines],
+                self.maxlen, ENTRY_TYPE, ENTRY_VERSION, pack_publish(klines, expects)]  # fmt: skip
+
+    def cache_args(self, klines: Sequence[AnyKline]) -> list[str | bytes | int]:
+        """`EVALSHA` of the cache script and its arguments for one chunk (loaded)."""
+        kline_key = self.keys.kline
+        assert self._cache_sha is not None, "load_script() first"
+        return ["EVALSHA", self._cache_sha, len(klines), *[kline_key(k.symbol) for k in klines],
+                pack_cache(klines)]  # fmt: skip
 
     async def load_script(self) -> None:
-        """Load the script unless done (after NOSCRIPT, call `forget_script` first)."""
-        if self._sha is None:
+        """Load both scripts unless done (after NOSCRIPT, call `forget_script` first)."""
+        if self._sha is None or self._cache_sha is None:
+            self._cache_sha = await self.redis.script_load(CACHE_LUA)
             self._sha = await self.redis.script_load(PUBLISH_LUA)
 
     def forget_script(self) -> None:
-        self._sha = None
+        self._sha = self._cache_sha = None
 
     @property
     def script_loaded(self) -> bool:
-        return self._sha is not None
+        return self._sha is not None and self._cache_sha is not None
 
     async def publish_many(self, klines: Sequence[AnyKline]) -> list[PublishResult]:
         """Offer `klines` in this order; one result per kline.  Klines of one symbol must
@@ -183,9 +235,9 @@ class KlinePublisher:
 
         Chunks of CHUNK klines are pipelined on ONE connection: chunk 2 is encoded while
         Redis runs chunk 1 (Redis runs a connection's commands in order, so the order
-        holds).  Any error drops the connection (replies may be unread); NOSCRIPT (Redis
-        restarted) reloads the script and offers the batch again, which is safe: the
-        script is idempotent."""
+        holds), and the cache writes follow the last chunk.  Any error drops the
+        connection (replies may be unread); NOSCRIPT (Redis restarted) reloads the scripts
+        and offers the batch again, which is safe: both scripts are idempotent."""
         if not klines:
             return []
         for attempt in (1, 2):
@@ -193,22 +245,27 @@ class KlinePublisher:
                 raws = await self._pipelined(klines)
                 break
             except NoScriptError:
-                self._sha = None
+                self.forget_script()
                 if attempt == 2:
                     raise
         return [r for raw in raws for r in parse_results(raw)]
 
     async def _pipelined(self, klines: Sequence[AnyKline]) -> list[Any]:
+        """The publish script's replies, chunk by chunk (the cache's are checked only
+        for errors: `read_response` raises on an error reply)."""
         await self.load_script()
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
-            chunks = 0
-            for start in range(0, len(klines), CHUNK):
-                args = self.eval_args(klines[start : start + CHUNK])
-                await conn.send_packed_command(resp_command(args))
-                chunks += 1
-            return [await conn.read_response() for _ in range(chunks)]
+            chunks = [klines[i : i + CHUNK] for i in range(0, len(klines), CHUNK)]
+            for chunk in chunks:
+                await conn.send_packed_command(resp_command(self.eval_args(chunk)))
+            for chunk in chunks:
+                await conn.send_packed_command(resp_command(self.cache_args(chunk)))
+            replies = [await conn.read_response() for _ in chunks]
+            for _ in chunks:
+                await conn.read_response()
+            return replies
         except BaseException:
             await conn.disconnect()
             raise
@@ -219,15 +276,21 @@ class KlinePublisher:
         return (await self.publish_many([kline]))[0]
 
     async def last_open_times(self, symbols: Sequence[str]) -> dict[str, int | None]:
-        """The last published open time per symbol (None: never published): the guard,
-        the `open_time` of each cache hash."""
+        """The last published open time per symbol (None: never published): the guard
+        hash, or for a symbol it has no field for, the `open_time` of its cache hash (as
+        the publish script reads it)."""
         if not symbols:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.klines_last_published, list(symbols))
             for s in symbols:
                 pipe.hget(self.keys.kline(s), "open_time")
-            raw = await pipe.execute()
-        return {s: None if v is None else int(v) for s, v in zip(symbols, raw, strict=True)}
+            guard, *cached = await pipe.execute()
+        out: dict[str, int | None] = {}
+        for s, g, c in zip(symbols, guard, cached, strict=True):
+            v = g if g is not None else c
+            out[s] = None if v is None else int(v)
+        return out
 
     async def last_open_time(self, symbol: str) -> int | None:
         return (await self.last_open_times([symbol]))[symbol]

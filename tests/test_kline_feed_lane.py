@@ -192,3 +192,38 @@ async def test_pipeline_backfills_a_refused_kline_before_publishing_it(
         got = [ot for _, ot in await stream(redis_client, prefix)]
         assert got == t[:3]  # t[1] came over REST before t[2]
         assert pipe.counters["backfilled_klines"] >= 1
+
+
+async def test_cache_chunks_share_the_lane_and_settle_on_their_own(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """A cache chunk goes after the publish chunks sent before it, is not counted in
+    flight (back-pressure is about the stream) and reports to its own callback."""
+    cached: list[tuple[list[Kline], bool]] = []
+    settled: Settled = []
+    lane = PublishLane(KlinePublisher(redis_client, Keys(prefix), 1000),
+                       lambda ks, rs: settled.append((ks, rs)),
+                       lambda ks, ok: cached.append((ks, ok)))  # fmt: skip
+    task = asyncio.create_task(lane.run())
+    first = [kline(f"S{i}USDT", T0) for i in range(3)]
+    await lane.send(first, [NO_EXPECT] * 3)
+    assert lane.send_now([kline("S0USDT", T0 + IV)], [T0])
+    assert lane.send_cache_now(first)
+    assert lane.inflight == 4  # the cache chunk is not in flight
+    await until(lambda: len(cached) == 1 and len(settled) == 2)
+    assert cached == [(first, True)]
+    keys = Keys(prefix)
+    for k in first:
+        assert await redis_client.hget(keys.kline(k.symbol), "open_time") == str(T0).encode()
+    assert (
+        await redis_client.hget(keys.klines_last_published, "S0USDT") == str(T0 + IV).encode()
+    )  # the guard moved on; the cache follows only when its chunk is sent
+    await redis_client.delete(keys.kline("S1USDT"))
+    await redis_client.set(keys.kline("S1USDT"), "not a hash")  # WRONGTYPE in the script
+    await lane.send_cache([kline("S1USDT", T0 + IV)])
+    await until(lambda: len(cached) == 2)
+    assert cached[1][1] is False  # the script failed on that key: reported, lane goes on
+    await lane.send([kline("S1USDT", T0 + IV)], [T0])
+    await until(lambda: len(settled) == 3)
+    assert settled[2][1] is not None and settled[2][1][0].published
+    await stop_lane(lane, task)

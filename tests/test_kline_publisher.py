@@ -19,7 +19,7 @@ from shared.binance.schemas import parse_kline_message
 from shared.codec import decode_event, encode_event
 from shared.errors import MessageError
 from shared.keys import Keys
-from shared.kline_encoding import KlineRow, _kline_values_slow, kline_values
+from shared.kline_encoding import KlineRow, _cache_values_slow, cache_values, event_data
 from shared.kline_publisher import (
     CACHE_FIELDS,
     STREAM_FIELDS,
@@ -156,11 +156,12 @@ def test_fast_values_equal_the_slow_path_on_every_range(
     lo, hi = min(o, c), max(o, c) + spread
     k = Kline("BTCUSDT", "1m", T0, T0 + IV - 1, o, hi, lo, c, v, v * o, n, v / 2, v * o / 2,
               True, T0 + IV, T0 + IV + 3)  # fmt: skip
-    fast = [x.decode() if isinstance(x, bytes) else x for x in kline_values(k)[:-1]]
-    slow = _kline_values_slow(k)
-    assert fast == slow[:-1] and kline_values(k)[-1] == slow[-1]
+    fast = [x.decode() if isinstance(x, bytes) else x for x in cache_values(k)]
+    slow = _cache_values_slow(k)
+    assert fast == slow
     row = KlineRow(*astuple(k))  # the feed's twin: the same text and bytes, both ways back
-    assert kline_values(row) == kline_values(k) and _kline_values_slow(row) == slow
+    assert cache_values(row) == cache_values(k) and _cache_values_slow(row) == slow
+    assert event_data(row) == event_data(k)
     assert row.to_kline() == k
     for x in (1e-5, 9.9e-5, 1.0000001e-4, 1e16, 123456789.0):
         k2 = replace(k, open=x, high=max(x, hi), low=min(x, lo))
@@ -175,20 +176,59 @@ def test_kline_row_from_an_event_is_the_kline_from_it() -> None:
             "q": "1250.5000", "V": "6.000", "Q": "600.2500", "B": "0"}}})  # fmt: skip
     ev = parse_kline_message(raw)
     row, k = KlineRow.from_event(ev, T0 + IV + 9), Kline.from_event(ev, T0 + IV + 9)
-    assert row.to_kline() == k and kline_values(row) == kline_values(k)
+    assert row.to_kline() == k and cache_values(row) == cache_values(k)
+    assert event_data(row) == event_data(k)
 
 
-async def test_the_guard_is_the_cache_hash_open_time(
+async def test_the_guard_hash_holds_the_last_published_open_time(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
     keys = Keys(prefix)
     p = pub(redis_client, prefix)
     await p.publish_many([kline(t=T0), kline("ETHUSDT", T0 + IV)])
+    assert await redis_client.hgetall(keys.klines_last_published) == {
+        b"BTCUSDT": str(T0).encode(), b"ETHUSDT": str(T0 + IV).encode(),
+    }  # fmt: skip
     assert await redis_client.hget(keys.kline("BTCUSDT"), "open_time") == str(T0).encode()
     assert await p.last_open_times(["BTCUSDT", "ETHUSDT", "SOLUSDT"]) == {
         "BTCUSDT": T0, "ETHUSDT": T0 + IV, "SOLUSDT": None,
     }  # fmt: skip
-    assert not await redis_client.exists(f"{prefix}kline:last_open_time")  # the old hash
+    assert not await redis_client.exists(f"{prefix}kline:last_open_time")  # the oldest hash
+
+
+async def test_an_upgraded_deployment_keeps_exactly_once_from_the_cache_hash(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """Before the guard hash, the cache hash's `open_time` was the guard: a symbol with no
+    guard field is judged by it, so the first kline offered after an upgrade is not
+    published a second time, and the next one is refused unless it follows."""
+    keys = Keys(prefix)
+    await redis_client.hset(keys.kline("BTCUSDT"), mapping=kline(t=T0 + IV).to_cache_hash())
+    p = pub(redis_client, prefix)
+    assert await p.last_open_times(["BTCUSDT"]) == {"BTCUSDT": T0 + IV}
+    res = await p.publish_many([kline(t=T0), kline(t=T0 + IV), kline(t=T0 + 2 * IV)])
+    assert [r.published for r in res] == [False, False, True]
+    assert await stream(redis_client, prefix) == [("BTCUSDT", T0 + 2 * IV)]
+    assert (
+        await redis_client.hget(keys.klines_last_published, "BTCUSDT") == str(T0 + 2 * IV).encode()
+    )
+
+
+async def test_the_cache_never_goes_back_and_follows_the_stream(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """The cache script writes a hash only with a newer kline: an older one offered
+    later (a late backfill, a second instance) leaves it alone."""
+    keys = Keys(prefix)
+    p = pub(redis_client, prefix)
+    await p.load_script()
+    newer, older = kline(t=T0 + IV, close=101.0), kline(t=T0, close=100.0)
+    await redis_client.execute_command(*p.cache_args([newer]))
+    assert await redis_client.execute_command(*p.cache_args([older])) == 0
+    assert await get_cached_kline(redis_client, keys, "BTCUSDT") == newer
+    await p.publish_many([kline(t=T0 + 2 * IV, close=101.25)])
+    cached = await get_cached_kline(redis_client, keys, "BTCUSDT")
+    assert cached is not None and cached.open_time == T0 + 2 * IV and cached.close == 101.25
 
 
 async def test_get_price(redis_client: aioredis.Redis, prefix: str) -> None:

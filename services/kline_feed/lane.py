@@ -10,10 +10,15 @@ settled after the burst, not between its chunks.  The connection is the lane's o
 without redis-py's socket timeout (with one, each write is an `asyncio.wait_for`: a task
 and three loop turns); replies are read under READ_TIMEOUT_S.
 
+Two kinds of chunk share the lane: the publish script's (`send_now` / `send`: stream
+entries and the guard) and, once a burst is in, the cache script's (`send_cache_now` /
+`send_cache`: the `kline:<SYMBOL>` hashes, off the path of the stream).
+
 Order: Redis runs one connection's commands in the order sent, so per-symbol order holds
 as long as every live kline goes through this one lane.  A reply only settles state
-(`on_done(klines, results or None)`): None means "outcome unknown" (the connection broke,
-NOSCRIPT, any error reply); the caller re-reads Redis.  Later chunks may still have run,
+(`on_done(klines, results or None)` for a publish chunk, `on_cache(klines, ok)` for a
+cache chunk): None means "outcome unknown" (the connection broke, NOSCRIPT, any error
+reply); the caller re-reads Redis.  Later chunks may still have run,
 which is why the caller passes per kline the open time Redis must hold before it
 (`expect`): a kline whose predecessor did not make it is refused by the script, never
 published over a hole.
@@ -39,6 +44,8 @@ from shared.kline_publisher import KlinePublisher, PublishResult, parse_results,
 log = logging.getLogger(__name__)
 
 Done = Callable[[list[AnyKline], list[PublishResult] | None], None]
+CacheDone = Callable[[list[AnyKline], bool], None]
+PUBLISH, CACHE = 0, 1  # the kind of a chunk in the lane
 LANE_ERRORS = (RedisError, OSError, TimeoutError)
 READ_TIMEOUT_S = 5.0  # a reply later than this: the connection is dropped (outcome unknown)
 
@@ -46,12 +53,15 @@ READ_TIMEOUT_S = 5.0  # a reply later than this: the connection is dropped (outc
 class PublishLane:
     """See module doc.  `run()` is the reply reader (a long-lived task)."""
 
-    def __init__(self, publisher: KlinePublisher, on_done: Done) -> None:
+    def __init__(
+        self, publisher: KlinePublisher, on_done: Done, on_cache: CacheDone | None = None
+    ) -> None:
         self.publisher = publisher
         self._on_done = on_done
+        self._on_cache = on_cache or (lambda klines, ok: None)
         self._conn: Any = None
-        self._fifo: deque[list[AnyKline]] = deque()
-        self.inflight = 0  # klines sent and not settled
+        self._fifo: deque[tuple[int, list[AnyKline]]] = deque()
+        self.inflight = 0  # klines of publish chunks sent and not settled
         self._more = asyncio.Event()
         self._usable = asyncio.Event()  # cleared from a failure until the fifo is settled
         self._usable.set()
@@ -68,41 +78,70 @@ class PublishLane:
         replies are settled after it, not between its chunks.  The write goes to the
         connection's asyncio StreamWriter (redis-py's `_writer`; absent in some future
         version, this returns False and `send` does the work)."""
+        writer = self._writer_now()
+        if writer is None:
+            return False
+        writer.write(resp_command(self.publisher.eval_args(klines, expects)))
+        self._sent(PUBLISH, klines)
+        return True
+
+    def send_cache_now(self, klines: list[AnyKline]) -> bool:
+        """`send_now` for a chunk of cache writes."""
+        writer = self._writer_now()
+        if writer is None:
+            return False
+        writer.write(resp_command(self.publisher.cache_args(klines)))
+        self._sent(CACHE, klines)
+        return True
+
+    def _writer_now(self) -> Any:
         conn = self._conn
         writer = getattr(conn, "_writer", None)
         if (writer is None or self._writing or not self._usable.is_set()
                 or not self.publisher.script_loaded or writer.transport.is_closing()):  # fmt: skip
-            return False
-        writer.write(resp_command(self.publisher.eval_args(klines, expects)))
-        self._sent(klines)
-        return True
+            return None
+        return writer
 
     async def send(self, klines: list[AnyKline], expects: Sequence[int]) -> None:
         """Write one chunk (ordered after every earlier one); returns without its reply.
         A failure settles the chunk as unknown."""
+        await self._send(PUBLISH, klines, expects)
+
+    async def send_cache(self, klines: list[AnyKline]) -> None:
+        """`send` for a chunk of cache writes."""
+        await self._send(CACHE, klines, ())
+
+    async def _send(self, kind: int, klines: list[AnyKline], expects: Sequence[int]) -> None:
         await self._usable.wait()
         self._writing = True
         try:
             await self.publisher.load_script()
             conn = self._conn or await self._connect()
-            await conn.send_packed_command(
-                resp_command(self.publisher.eval_args(klines, expects)), check_health=False
-            )
+            args = (self.publisher.eval_args(klines, expects) if kind == PUBLISH
+                    else self.publisher.cache_args(klines))  # fmt: skip
+            await conn.send_packed_command(resp_command(args), check_health=False)
         except LANE_ERRORS as exc:
             self._fail(exc)
-            self._on_done(klines, None)
+            self._done(kind, klines, None)
             return
         finally:
             self._writing = False
         if conn is not self._conn:  # the lane broke while this write waited: unknown
-            self._on_done(klines, None)
+            self._done(kind, klines, None)
             return
-        self._sent(klines)
+        self._sent(kind, klines)
 
-    def _sent(self, klines: list[AnyKline]) -> None:
-        self._fifo.append(klines)
-        self.inflight += len(klines)
+    def _sent(self, kind: int, klines: list[AnyKline]) -> None:
+        self._fifo.append((kind, klines))
+        if kind == PUBLISH:
+            self.inflight += len(klines)
         self._more.set()
+
+    def _done(self, kind: int, klines: list[AnyKline], raw: Any) -> None:
+        if kind == CACHE:
+            self._on_cache(klines, raw is not None)
+        else:
+            self._on_done(klines, None if raw is None else parse_results(raw))
 
     async def run(self) -> None:
         """Read replies in order, settle each chunk; returns after `close()` once every
@@ -131,7 +170,7 @@ class PublishLane:
                 while self._fifo:
                     self._settle(None)
             else:
-                self._settle(parse_results(raw))
+                self._settle(raw)
 
     def close(self) -> None:
         """`run` returns once the chunks sent so far are settled (send no more)."""
@@ -139,10 +178,12 @@ class PublishLane:
         self._more.set()
 
     # ---- internals -------------------------------------------------------------------
-    def _settle(self, results: list[PublishResult] | None) -> None:
-        klines = self._fifo.popleft()
-        self.inflight -= len(klines)
-        self._on_done(klines, results)
+    def _settle(self, raw: Any) -> None:
+        """The oldest chunk's reply (None: unknown)."""
+        kind, klines = self._fifo.popleft()
+        if kind == PUBLISH:
+            self.inflight -= len(klines)
+        self._done(kind, klines, raw)
 
     def _fail(self, exc: BaseException) -> None:
         """Stop sending until the chunks on this connection are settled (see `run`)."""

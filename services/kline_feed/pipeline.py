@@ -11,6 +11,8 @@ Every closed kline of a symbol goes one of two ways, and a symbol is never on bo
   Each kline carries the open time Redis must already hold before it (`expect`), so if
   an earlier chunk failed, the script refuses it (it is then held, as behind a gap)
   instead of publishing over a hole;
+  once no publish chunk is in flight (the burst is in Redis), the cache hashes of what was
+  published go out the same way (`kline_publisher`'s second script);
   one already known to be in Redis (`last` comes only from the script's answers) is
   counted as a duplicate without a round trip;
 - gap: its open time is more than one interval past the last one (a reconnect, a stall,
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 FILL_ERRORS = (ExchangeError, MessageError, RedisError, OSError, TimeoutError)
 NOT_YET_RETRY_S = 0.25  # REST has not closed the wanted kline yet: look again after this
+CACHE_DUE_MAX = 1024  # cache writes waiting this long go out even with publish chunks in flight
 
 
 @dataclass(slots=True)
@@ -118,8 +121,9 @@ class KlinePipeline:
         self.max_held = max_held
         self.max_backoff = max_backoff
         self._fill_slots = asyncio.Semaphore(fill_concurrency)
-        self.lane = PublishLane(publisher, self._settle)
+        self.lane = PublishLane(publisher, self._settle, self._cache_settled)
         self._pending: list[AnyKline] = []  # not yet handed to the lane
+        self._cache_due: list[AnyKline] = []  # published, their cache hash not yet sent
         self._expects: list[int] = []  # per pending kline: what Redis must hold before it
         self._sending = 0  # taken by the flusher, not yet in the lane
         self._wake = asyncio.Event()
@@ -129,7 +133,7 @@ class KlinePipeline:
         self.counters = dict.fromkeys(
             ("klines_published", "duplicates_suppressed", "backfilled_klines",
              "watchdog_fetches", "fills", "fill_errors", "publish_errors", "held_dropped",
-             "gaps", "refused"), 0,
+             "gaps", "refused", "cache_errors"), 0,
         )  # fmt: skip
 
     # ---- state --------------------------------------------------------------------
@@ -219,23 +223,44 @@ class KlinePipeline:
 
     # ---- the flusher -----------------------------------------------------------------
     async def run_flusher(self) -> None:
-        """Hand queued klines to the lane in chunks, whenever the readers pause, until
-        `close()` and the queue is empty; then wait for the lane to settle them."""
+        """Hand queued klines to the lane in chunks, whenever the readers pause; once no
+        publish chunk is in flight, the cache writes of what was published.  After
+        `close()`: sends what is queued, lets the lane settle it, writes the caches."""
         while True:
-            if not self._pending:
-                if self._closing:
-                    self.lane.close()
-                    return
+            if self._pending:
+                await self._flush_pending()
+            elif self._cache_due and (not self.lane.inflight
+                                      or len(self._cache_due) >= CACHE_DUE_MAX):  # fmt: skip
+                await self._flush_cache()
+            elif self._closing and not self.lane.inflight:
+                self.lane.close()
+                return
+            else:
                 self._wake.clear()
                 await self._wake.wait()
-                continue
-            klines, expects = self._pending, self._expects
-            self._pending, self._expects = [], []
-            self._sending = len(klines)
-            for i in range(0, len(klines), CHUNK):
-                chunk = klines[i : i + CHUNK]
-                await self.lane.send(chunk, expects[i : i + CHUNK])
-                self._sending -= len(chunk)
+
+    async def _flush_pending(self) -> None:
+        klines, expects = self._pending, self._expects
+        self._pending, self._expects = [], []
+        self._sending = len(klines)
+        for i in range(0, len(klines), CHUNK):
+            chunk = klines[i : i + CHUNK]
+            await self.lane.send(chunk, expects[i : i + CHUNK])
+            self._sending -= len(chunk)
+
+    async def _flush_cache(self) -> None:
+        """WHY only with no publish chunk in flight: the cache script's run would sit in
+        Redis between a burst's publish chunks, and the stream is what is waited for."""
+        due, self._cache_due = self._cache_due, []
+        for i in range(0, len(due), CHUNK):
+            chunk = due[i : i + CHUNK]
+            if not self.lane.send_cache_now(chunk):
+                await self.lane.send_cache(chunk)
+
+    def _cache_settled(self, batch: list[AnyKline], ok: bool) -> None:
+        """A cache chunk's outcome: on failure the hashes trail until the next kline."""
+        if not ok:
+            self.counters["cache_errors"] += 1
 
     def _settle(self, batch: list[AnyKline], results: list[PublishResult] | None) -> None:
         """The lane's word on one chunk (None: unknown, the fill re-reads Redis)."""
@@ -254,6 +279,7 @@ class KlinePipeline:
                 st.last = r.last_open if st.last is None else max(st.last, r.last_open)
             if r.published:
                 self.counters["klines_published"] += 1
+                self._cache_due.append(k)
             elif r.refused:  # its predecessor is not in Redis: fill first, then it
                 self.counters["refused"] += 1
                 self._hold(st, k)
@@ -267,6 +293,8 @@ class KlinePipeline:
                     self._start_fill(st)
         if self.backlog < self.max_pending // 2:
             self._room.set()
+        if not self.lane.inflight and (self._cache_due or self._closing):
+            self._wake.set()  # the flusher writes the caches (or, closing, returns)
 
     async def close(self) -> None:
         """Stop taking work: the flusher sends what is queued, then the lane's `run`
