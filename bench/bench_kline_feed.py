@@ -20,9 +20,25 @@ sources, each in its own process:
   Printed: both rates (median of the rounds), the ratio, and closes/s.
 (2) Latency.  The simulator runs in THIS process (so the moment it writes a minute's 200
 closing klines to the socket is known exactly: `registry.flush_all` after the 200th
-close), kline_feed in its own process, and a reader here blocks on XREAD of the stream:
-latency = when the last of the minute's 200 closes was read back from Redis - when the
-simulator sent them.  p50 / p99 / max over `--minutes` minutes.
+close), the client in its own process, and a reader here blocks on XREAD of the stream:
+latency = when the last of the minute's 200 closes is in Redis (its XADD time, from the
+stream id) and when it was read back here - when the simulator sent them.  p50 / p99 /
+max over `--minutes` minutes for each of two clients, in turns (`--latency-rounds`), on
+fresh keys, against the same simulator:
+  - the floor: a bare relay process (`--floor-relay`, `_floor_relay`): uvloop, aiohttp's
+    client on the same routed combined URL, a substring test for `"x":true` per message,
+    and each close written as it came (`XADD <stream> * raw <message>`), pipelined in
+    chunks of 32 on a dedicated connection, replies read by a task of their own; a
+    partial chunk goes out when an open-candle update follows or the socket has nothing
+    more buffered.  No parsing, no guard, no cache;
+  - kline_feed: `python -m services.kline_feed`, every close parsed, checked and put
+    through the exactly-once publish script (stream entry + guard; the cache hashes follow).
+  WHY the floor is the reference: the figure alone mixes what kline_feed does with what
+  this machine costs (two cores shared by the simulator, the client, Redis and the
+  reader; loop wake-ups; TCP on loopback).  The floor pays all of that and nothing else
+  any Python feed could skip, so its latency is what a feed cannot beat here, and the
+  ratio kline_feed / floor (printed for p50 and p99) is the part kline_feed owns.  Also
+  printed: each client's CPU per simulated minute (its process, after the warm-up).
 """
 
 from __future__ import annotations
@@ -234,6 +250,82 @@ def run_ceiling(url: str, seconds: float, kind: str = "websockets") -> tuple[flo
     return r["count"] / r["seconds"], r["count"] / max(r["cpu"], 1e-9)
 
 
+# ---- the latency floor: a bare relay (a child process) ------------------------------------------
+FLOOR_CHUNK = 32  # XADDs per write, as kline_feed's chunks of closes
+
+
+async def _floor_relay(url: str, redis_url: str, stream: str) -> None:
+    """The least any Python feed must do between the socket and Redis (see module doc):
+    uvloop, aiohttp's client, a substring test for `"x":true`, and each close written
+    as it is (`XADD <stream> * raw <message>`), pipelined in chunks of FLOOR_CHUNK on a
+    dedicated connection whose replies a task of their own reads.  No parsing, no
+    ordering guard, no cache, no exactly-once: what kline_feed adds is measured against
+    this.  A partial chunk goes out when an open-candle update follows the closes or when
+    the socket has nothing more buffered (kline_feed's rules)."""
+    import aiohttp
+    import hiredis
+
+    from shared.binance.schemas import is_closed_kline_fast
+    from shared.kline_encoding import resp_command
+
+    client = aioredis.from_url(redis_url)
+    pool = client.connection_pool
+    # no socket timeout: with one, redis-py wraps each I/O in `asyncio.wait_for`
+    conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+    await conn.connect()
+    writer, reader = conn._writer, conn._reader
+    key = stream.encode()
+    outstanding = 0  # XADDs written, replies not read yet
+    more = asyncio.Event()
+
+    async def replies() -> None:
+        """Read replies in bulk (hiredis), never spinning: with none outstanding it waits
+        on `more`, so an idle relay takes no CPU."""
+        nonlocal outstanding
+        parser = hiredis.Reader()
+        while True:
+            if not outstanding:
+                more.clear()
+                await more.wait()
+                continue
+            data = await reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("redis closed the connection")
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise reply
+                outstanding -= 1
+
+    def send(closes: list[bytes]) -> None:
+        nonlocal outstanding
+        writer.write(b"".join([resp_command((b"XADD", key, b"*", b"raw", m)) for m in closes]))
+        outstanding += len(closes)
+        more.set()
+
+    reply_task = asyncio.ensure_future(replies())
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url, compress=0, max_msg_size=1 << 20, decode_text=False)
+        # aiohttp's message queue (a public attribute of its compiled reader): `receive()`
+        # does not yield while it holds messages, so empty = the burst is over for now
+        buffered = ws._reader._buffer  # type: ignore[attr-defined]
+        receive, closed = ws.receive, is_closed_kline_fast
+        data_types = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
+        pending: list[bytes] = []
+        while (msg := await receive()).type in data_types:
+            if closed(msg.data):
+                pending.append(msg.data)
+                if len(pending) < FLOOR_CHUNK and buffered:
+                    continue
+            elif not pending:
+                continue
+            send(pending)
+            pending = []
+            if reply_task.done():
+                reply_task.result()  # a Redis error ends the relay
+    reply_task.cancel()
+
+
 # ---- throughput ----------------------------------------------------------------------------------
 def _heartbeat(client: redis.Redis, key: str) -> tuple[int, int] | None:
     raw = client.hmget(key, ["messages_in", "heartbeat"])
@@ -321,7 +413,14 @@ def throughput(
 
 
 # ---- latency -------------------------------------------------------------------------------------
+LATENCY_WARMUP = 5  # minutes read and dropped after each process starts
+
+
 def _open_time(fields: dict[bytes, bytes]) -> int:
+    """A stream entry's open time: kline_feed's event, or the floor relay's raw message."""
+    raw = fields.get(b"raw")
+    if raw is not None:
+        return int(orjson.loads(raw)["data"]["k"]["t"])
     return int(decode_event(fields)[1]["open_time"])
 
 
@@ -345,17 +444,54 @@ def _count_by_open_time(entries: list[Any]) -> list[tuple[int, int, bytes]]:
     return runs
 
 
-async def latency(redis_url: str, n_symbols: int, speed: float, minutes: int) -> None:
+async def _read_minutes(
+    r: aioredis.Redis,
+    stream: str,
+    proc: subprocess.Popen[Any],
+    name: str,
+    n_symbols: int,
+    minutes: int,
+) -> tuple[dict[int, tuple[float, int]], float]:
+    """Read `stream` until `LATENCY_WARMUP + minutes` minutes are complete in it.  Returns
+    open time -> (perf_counter read back, XADD ms) of each complete minute, and the CPU
+    seconds `proc` spent over the minutes after the warm-up."""
+    seen: Counter[int] = Counter()
+    done: dict[int, tuple[float, int]] = {}
+    ps = psutil.Process(proc.pid)
+    cpu0, last_id = 0.0, "$"
+    while len(done) < LATENCY_WARMUP + minutes:
+        resp = await r.xread({stream: last_id}, block=2000, count=1000)
+        now = time.perf_counter()
+        if not resp:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited")
+            continue
+        entries = resp[0][1]
+        last_id = entries[-1][0]
+        for t, n, entry_id in _count_by_open_time(entries):
+            seen[t] += n
+            if seen[t] == n_symbols:
+                done[t] = (now, int(entry_id.split(b"-")[0]))
+                if len(done) == LATENCY_WARMUP:
+                    cpu0 = sum(ps.cpu_times()[:2])
+    return done, sum(ps.cpu_times()[:2]) - cpu0
+
+
+async def latency(redis_url: str, n_symbols: int, speed: float, minutes: int, rounds: int) -> None:
+    """The floor relay and kline_feed in turns (floor first in even rounds, kline_feed
+    first in odd ones, so a drift of the machine's load weighs on both alike), each on
+    fresh keys, against one simulator; `minutes` measured minutes for each in all."""
     from services.exchange_sim.server import SimConfig, SimServer
 
     symbols = list(symbol_list(str(n_symbols)))
-    keys = Keys(PREFIX)
-    r = aioredis.from_url(redis_url)
-    await r.delete(keys.stream_klines, *map(keys.kline, symbols))
     closes: Counter[int] = Counter()
     sent: dict[int, tuple[float, float]] = {}  # open time -> (perf_counter, wall ms)
-    seen: Counter[int] = Counter()
-    done: dict[int, tuple[float, int]] = {}  # -> (perf_counter read back, XADD ms)
+    read_back: dict[str, list[float]] = {"floor": [], "kline_feed": []}
+    in_redis: dict[str, list[float]] = {"floor": [], "kline_feed": []}
+    cpu: dict[str, float] = {"floor": 0.0, "kline_feed": 0.0}
+    health: list[dict[str, str]] = []
+    per_round = -(-minutes // rounds)
+    r = aioredis.from_url(redis_url)
     async with SimServer(SimConfig(symbols=tuple(symbols), speed=speed, history_minutes=5)) as sim:
         orig_close, orig_flush = sim.driver._close, sim.registry.flush_all
 
@@ -372,43 +508,60 @@ async def latency(redis_url: str, n_symbols: int, speed: float, minutes: int) ->
             return n
 
         sim.driver._close, sim.registry.flush_all = close_hook, flush_hook  # type: ignore[method-assign]
-        env = feed_env(sim.env(), redis_url, symbols, SLT_WEBSOCKET__CLOSE_GRACE="30")
-        proc = subprocess.Popen([sys.executable, "-m", "services.kline_feed", "--port", "0"],  # noqa: ASYNC220
-                                cwd=REPO, env=env)  # fmt: skip
+        ws_url = streams_url(sim.env()["SLT_EXCHANGE__WS_URL"],
+                             [stream_name(s, "1m") for s in symbols])  # fmt: skip
         try:
-            last_id = "$"
-            while len(done) < minutes + 5:
-                resp = await r.xread({keys.stream_klines: last_id}, block=2000, count=1000)
-                now = time.perf_counter()
-                if not resp:
-                    if proc.poll() is not None:
-                        raise RuntimeError("kline_feed exited")
-                    continue
-                entries = resp[0][1]
-                last_id = entries[-1][0]
-                for t, n, entry_id in _count_by_open_time(entries):
-                    seen[t] += n
-                    if seen[t] == n_symbols:
-                        done[t] = (now, int(entry_id.split(b"-")[0]))
-            feed = {
-                k.decode(): v.decode()
-                for k, v in (await r.hgetall(keys.health("kline_feed"))).items()
-            }
+            for rnd in range(rounds):
+                for kind in ("floor", "kline_feed")[:: 1 if rnd % 2 == 0 else -1]:
+                    prefix = f"{PREFIX}lat{rnd}:{kind}:"
+                    stream = Keys(prefix).stream_klines
+                    if kind == "floor":
+                        cmd = ["--floor-relay", ws_url, "--floor-redis", redis_url,
+                               "--floor-stream", stream]  # fmt: skip
+                        proc = subprocess.Popen([sys.executable, "-m", "bench.bench_kline_feed",  # noqa: ASYNC220
+                                                 *cmd], cwd=REPO)  # fmt: skip
+                    else:
+                        env = feed_env(sim.env(), redis_url, symbols, SLT_REDIS__PREFIX=prefix,
+                                       SLT_WEBSOCKET__CLOSE_GRACE="30")  # fmt: skip
+                        proc = subprocess.Popen([sys.executable, "-m", "services.kline_feed",  # noqa: ASYNC220
+                                                 "--port", "0"], cwd=REPO, env=env)  # fmt: skip
+                    try:
+                        done, spent = await _read_minutes(
+                            r, stream, proc, kind, n_symbols, per_round
+                        )
+                        if kind == "kline_feed":
+                            hb = await r.hgetall(Keys(prefix).health("kline_feed"))
+                            health.append({k.decode(): v.decode() for k, v in hb.items()})
+                    finally:
+                        stop(proc)
+                    cpu[kind] += spent
+                    for t in sorted(done)[LATENCY_WARMUP:]:
+                        if t in sent:
+                            read_back[kind].append((done[t][0] - sent[t][0]) * 1000)
+                            in_redis[kind].append(done[t][1] - sent[t][1])
         finally:
-            stop(proc)
             await r.aclose()
-    ts = [t for t in sorted(done)[5:] if t in sent]  # the first minutes warm up
-    read_back = sorted((done[t][0] - sent[t][0]) * 1000 for t in ts)
-    in_redis = sorted(done[t][1] - sent[t][1] for t in ts)
-    print(f"latency, {n_symbols} closes per minute, {len(ts)} minutes at speed {speed:g}:")
-    for name, lat in (("XADD time of the last (stream id, 1 ms steps)", in_redis),
-                      ("read back by XREAD in the simulator's process", read_back)):  # fmt: skip
-        q = statistics.quantiles(lat, n=100, method="inclusive")
-        print(f"  sent -> {name}: p50 {statistics.median(lat):.2f} ms  p99 {q[98]:.2f} ms  "
-              f"max {lat[-1]:.2f} ms")  # fmt: skip
-    print("  feed: " + ", ".join(f"{k}={feed.get(k, '?')}" for k in (
-        "klines_published", "backfilled_klines", "watchdog_fetches", "duplicates_suppressed",
-        "refused_klines", "bad_messages", "reconnects")))  # fmt: skip
+    print(f"latency, {n_symbols} closes per minute at speed {speed:g}, {rounds} rounds: the "
+          f"floor (bare relay: aiohttp, \"x\":true, pipelined XADD raw) vs kline_feed")  # fmt: skip
+    stats: dict[tuple[str, str], tuple[float, float]] = {}
+    for what, by_kind in (("XADD time of the last (stream id, 1 ms steps)", in_redis),
+                          ("read back by XREAD in the simulator's process", read_back)):  # fmt: skip
+        print(f"  sent -> {what}:")
+        for kind, lat in by_kind.items():
+            lat.sort()
+            p50 = statistics.median(lat)
+            p99 = statistics.quantiles(lat, n=100, method="inclusive")[98]
+            stats[what, kind] = (p50, p99)
+            print(f"    {kind:<10}: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  max {lat[-1]:6.2f} ms  "
+                  f"({len(lat)} minutes, {cpu[kind] / len(lat) * 1000:.1f} ms CPU per minute)")  # fmt: skip
+        (f50, f99), (k50, k99) = stats[what, "floor"], stats[what, "kline_feed"]
+        print(
+            f"    kline_feed / floor: p50 {k50 / max(f50, 1e-9):.2f}  p99 {k99 / max(f99, 1e-9):.2f}"
+        )
+    for i, feed in enumerate(health):
+        print(f"  feed, run {i + 1}: " + ", ".join(f"{k}={feed.get(k, '?')}" for k in (
+            "klines_published", "backfilled_klines", "watchdog_fetches", "duplicates_suppressed",
+            "refused_klines", "bad_messages", "reconnects")))  # fmt: skip
 
 
 # ---- close path: socket x:true vs REST ------------------------------------------------------
@@ -485,11 +638,25 @@ def main() -> None:
     p.add_argument("--ceiling-client", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ceiling-kind", default="websockets", help=argparse.SUPPRESS)
     p.add_argument("--firehose-server", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=2,
+        help="latency: floor/kline_feed turns (the minutes are split over them)",
+    )
+    p.add_argument("--floor-relay", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--floor-redis", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--floor-stream", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.firehose_server:
         import uvloop
 
         uvloop.run(_firehose_server(args.firehose_server, args.symbols))
+        return
+    if args.floor_relay:
+        import uvloop
+
+        uvloop.run(_floor_relay(args.floor_relay, args.floor_redis, args.floor_stream))
         return
     if args.ceiling_client:
         import uvloop
@@ -511,7 +678,9 @@ def main() -> None:
             for source in args.sources.split(","):
                 throughput(url, source, args.symbols, args.speed, args.seconds, args.rounds)
         if "latency" not in skip:
-            uvloop.run(latency(url, args.symbols, args.latency_speed, args.minutes))
+            uvloop.run(
+                latency(url, args.symbols, args.latency_speed, args.minutes, args.latency_rounds)
+            )
         if "close_path" not in skip:
             uvloop.run(close_path(url, 20, args.close_speed, args.close_minutes))
 
