@@ -17,10 +17,11 @@ import redis.asyncio as aioredis
 
 from shared.config import Settings
 from shared.keys import Keys
+from shared.resp import fast_packing
 
 
 def _client(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url, decode_responses=False, socket_connect_timeout=3)
+    return fast_packing(aioredis.from_url(url, decode_responses=False, socket_connect_timeout=3))
 
 
 def _text(value: Any) -> str:

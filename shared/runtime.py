@@ -46,6 +46,7 @@ from shared.health import (
 from shared.keys import Keys
 from shared.logs import secrets_of, setup_logging
 from shared.metrics import build_registry, flatten
+from shared.resp import fast_packing
 
 log = logging.getLogger("shared.runtime")
 
@@ -71,7 +72,7 @@ async def connect_redis(
     url: str, *, attempts: int = 8, base_delay: float = 0.25, max_delay: float = 5.0
 ) -> aioredis.Redis:
     """A bytes client that has answered PING; exponential backoff between attempts."""
-    client = aioredis.from_url(url, decode_responses=False, socket_connect_timeout=2)
+    client = fast_packing(aioredis.from_url(url, decode_responses=False, socket_connect_timeout=2))
     for attempt in range(1, attempts + 1):
         try:
             await client.ping()
@@ -140,6 +141,11 @@ class Service:
     def routes(self) -> list[web.AbstractRouteDef]:
         """Extra HTTP routes next to /healthz and /metrics (the reporter's dashboard)."""
         return []
+
+    async def between_bursts(self) -> None:
+        """Return when housekeeping (the heartbeat) would not delay latency-bound work.
+        A service with bursts (kline_feed's minute of closes) waits them out here,
+        briefly; the default returns at once."""
 
     # ---- helpers ----------------------------------------------------------------
     @property
@@ -315,6 +321,7 @@ class _Lifecycle:
         key: str | None = None
         while True:
             try:
+                await self.service.between_bursts()
                 key = await self.write_beat(key)
             except (RedisError, OSError) as exc:
                 self.service.heartbeat_errors += 1

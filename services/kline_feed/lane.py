@@ -39,7 +39,8 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from shared.kline_encoding import AnyKline
-from shared.kline_publisher import KlinePublisher, PublishResult, parse_results, resp_command
+from shared.kline_publisher import KlinePublisher, PublishResult, parse_results
+from shared.resp import resp_command
 
 log = logging.getLogger(__name__)
 
