@@ -153,3 +153,31 @@ def test_quiet_gc_collects_when_idle_or_far_behind_and_restores_the_collector() 
     finally:
         q.stop()
     assert gc.isenabled() == was
+
+
+class _Backlog:
+    """Stands in for the pipeline: only `backlog` is read."""
+
+    backlog = 0
+
+
+async def test_housekeeping_waits_for_a_burst_to_be_in_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from services.kline_feed import service as feed_service
+
+    svc = feed_service.KlineFeedService.__new__(feed_service.KlineFeedService)
+    svc.pipeline = _Backlog()  # type: ignore[assignment]
+    await asyncio.wait_for(svc.between_bursts(), 1)  # idle: at once
+    monkeypatch.setattr(feed_service, "QUIET_MAX_S", 30.0)
+    svc.pipeline.backlog = 5
+    waiting = asyncio.ensure_future(svc.between_bursts())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # closes in flight: the heartbeat holds
+    svc.pipeline.backlog = 0
+    await asyncio.wait_for(waiting, 1)
+    monkeypatch.setattr(feed_service, "QUIET_MAX_S", 0.01)
+    svc.pipeline.backlog = 5  # never drains: bounded, the heartbeat still goes out
+    await asyncio.wait_for(svc.between_bursts(), 1)

@@ -52,6 +52,7 @@ _P = len(_PREFIX)
 _wall = time.time
 _turn = asyncio.sleep  # `_turn(0)`: one loop turn
 OBSERVE_EVERY_S = 0.01
+QUIET_MAX_S = 0.05  # housekeeping waits at most this long for a burst to be in Redis
 COUNTERS = ("messages_in", "klines_published", "duplicates_suppressed", "reconnects",
             "backfilled_klines", "watchdog_fetches", "early_rest_fetches", "bad_messages",
             "publish_errors", "fill_errors", "price_flushes")  # fmt: skip
@@ -288,9 +289,20 @@ class KlineFeedService(Service):
                 tick = min(tick, max(0.002, self.clock.local_seconds(to_next)))
             await asyncio.sleep(tick)
 
+    async def between_bursts(self) -> None:
+        """Hold the heartbeat and the price flush while closes are on their way into
+        Redis: either would add its whole run to that minute's latency.  At most
+        QUIET_MAX_S, so a feed that is never idle still beats and flushes."""
+        end = time.monotonic() + QUIET_MAX_S
+        p = self.pipeline
+        # polled, not an Event: an Event would cost the per-close path a flag and a call
+        while p is not None and p.backlog and time.monotonic() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+
     async def _price_loop(self) -> None:
         while True:
             await asyncio.sleep(self.price_flush_s)
+            await self.between_bursts()
             try:
                 await self._flush_prices()
             except (RedisError, OSError) as exc:
