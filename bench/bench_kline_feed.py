@@ -339,7 +339,7 @@ def run_feed(sim_env: dict[str, str], redis_url: str, symbols: list[str], second
     """(messages/s, messages per CPU-second, closes/s) of one kline_feed process."""
     client = redis.Redis.from_url(redis_url)
     keys = Keys(PREFIX)
-    client.delete(keys.stream_klines, *map(keys.kline, symbols))
+    client.delete(keys.stream_klines, keys.klines_last_published, *map(keys.kline, symbols))
     env = feed_env(sim_env, redis_url, symbols, SLT_WEBSOCKET__CLOSE_GRACE="1e9")
     proc = subprocess.Popen([sys.executable, "-m", "services.kline_feed", "--port", "0"],
                             cwd=REPO, env=env)  # fmt: skip
@@ -582,7 +582,7 @@ async def close_path(redis_url: str, n_symbols: int, speed: float, minutes: int)
     )
     for early in ("0.5", "0"):
         r = aioredis.from_url(redis_url)
-        await r.delete(keys.stream_klines, *map(keys.kline, symbols))
+        await r.delete(keys.stream_klines, keys.klines_last_published, *map(keys.kline, symbols))
         cfg = SimConfig(symbols=tuple(symbols), speed=speed, history_minutes=5,
                         close_delay_ms=BINANCE_CLOSE_DELAY_MS)  # fmt: skip
         async with SimServer(cfg) as sim, aiohttp.ClientSession() as http:

@@ -86,13 +86,16 @@ class PublishLane:
         self._sent(PUBLISH, klines)
         return True
 
-    def send_cache_now(self, klines: list[AnyKline]) -> bool:
-        """`send_now` for a chunk of cache writes."""
+    def send_cache_now(self, chunks: list[list[AnyKline]]) -> bool:
+        """`send_now` for chunks of cache writes, in one write (they go out together,
+        after a burst: one syscall, not one per chunk)."""
         writer = self._writer_now()
         if writer is None:
             return False
-        writer.write(resp_command(self.publisher.cache_args(klines)))
-        self._sent(CACHE, klines)
+        cache_args = self.publisher.cache_args
+        writer.write(b"".join([resp_command(cache_args(c)) for c in chunks]))
+        for c in chunks:
+            self._sent(CACHE, c)
         return True
 
     def _writer_now(self) -> Any:

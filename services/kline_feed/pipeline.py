@@ -252,9 +252,9 @@ class KlinePipeline:
         """WHY only with no publish chunk in flight: the cache script's run would sit in
         Redis between a burst's publish chunks, and the stream is what is waited for."""
         due, self._cache_due = self._cache_due, []
-        for i in range(0, len(due), CHUNK):
-            chunk = due[i : i + CHUNK]
-            if not self.lane.send_cache_now(chunk):
+        chunks = [due[i : i + CHUNK] for i in range(0, len(due), CHUNK)]
+        if not self.lane.send_cache_now(chunks):
+            for chunk in chunks:
                 await self.lane.send_cache(chunk)
 
     def _cache_settled(self, batch: list[AnyKline], ok: bool) -> None:
