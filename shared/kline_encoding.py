@@ -33,6 +33,7 @@ __all__ = [
     "NO_EXPECT",
     "STREAM_FIELDS",
     "cache_values",
+    "first_or_after",
     "event_data",
     "kline_entry",
     "pack_cache",
@@ -41,6 +42,15 @@ __all__ = [
 ]
 
 NO_EXPECT = -1  # `expect` of a kline that may follow whatever Redis holds
+
+
+def first_or_after(predecessor: int) -> int:
+    """`expect` of a kline that may be a symbol's first in Redis, or else must follow
+    `predecessor` (encoded below NO_EXPECT: -predecessor - 2).  WHY: a feed that has
+    published nothing for a symbol yet must not publish over a kline another process
+    put there meanwhile (rest_fallback at start-up) unless it is the one before."""
+    return -predecessor - 2
+
 
 KLINE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Kline))
 CACHE_FIELDS: tuple[str, ...] = (*KLINE_FIELDS, "timestamp")

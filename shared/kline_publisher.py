@@ -86,8 +86,11 @@ CHUNK = 32  # klines per EVALSHA (the chunks of a batch are pipelined)
 # msgpack array, per kline [symbol, open time, expect, event time, data] (one blob instead
 # of ~10 arguments per kline keeps redis-py's per-argument packing off the hot path).
 # A symbol may come several times in a chunk (a backfill): `cur` holds its latest value.
+# `expect` >= 0: Redis must hold exactly that open time; -1: anything older; below -1
+# (`first_or_after`): nothing, or exactly -expect - 2.
 # Returns, per kline, two items: the entry id (published), 0 (duplicate) or -1 (refused:
-# the last open time in Redis is not `expect`), and the last open time after it (-1: none).
+# the last open time in Redis is not the expected one), and the last open time after it
+# (-1: none).
 # The stream is trimmed once per call (`XTRIM ~` per XADD cost more than the XADD).
 PUBLISH_LUA = """
 local stream, guard = KEYS[1], KEYS[2]
@@ -108,7 +111,7 @@ for i = 1, n do
   end
   if last and last >= ot then
     out[2 * i - 1], out[2 * i] = 0, last
-  elseif expect >= 0 and last ~= expect then
+  elseif (expect >= 0 and last ~= expect) or (expect < -1 and last and last ~= -expect - 2) then
     out[2 * i - 1], out[2 * i] = -1, last or -1
   else
     sa[4], sa[6], sa[10] = sym, b[p + 3], b[p + 4]

@@ -64,6 +64,7 @@ async def test_publishes_every_close_with_cache_and_prices(
         assert stats["connected"] is True and stats["symbols"] == 3
         assert stats["klines_published"] == sum(len(v) for v in seqs.values())
         assert stats["bad_messages"] == 0 and stats["messages_in"] > stats["klines_published"]
+        assert stats["cache_errors"] == 0
         assert stats["connections"]["c0"]["streams"] == 3
         assert stats["last_update"].endswith("Z")
         assert sim.registry.counters["pings_sent"] >= 3

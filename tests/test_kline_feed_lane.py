@@ -18,6 +18,7 @@ from services.kline_feed.lane import PublishLane
 from services.kline_feed.pipeline import KlinePipeline
 from shared.binance.client import BinanceClient
 from shared.keys import Keys
+from shared.kline_encoding import first_or_after
 from shared.kline_publisher import (
     NO_EXPECT,
     Backfiller,
@@ -227,3 +228,25 @@ async def test_cache_chunks_share_the_lane_and_settle_on_their_own(
     await until(lambda: len(settled) == 3)
     assert settled[2][1] is not None and settled[2][1][0].published
     await stop_lane(lane, task)
+
+
+async def test_a_first_kline_may_start_a_symbol_but_not_skip_what_another_put_there(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """kline_feed's first kline of a symbol goes with `first_or_after(its predecessor)`:
+    published into an empty symbol or after its predecessor, refused after anything
+    older (rest_fallback published T0 at start-up; T0 + IV would be skipped)."""
+    p = KlinePublisher(redis_client, Keys(prefix), 1000)
+    await p.publish_many([kline("OLDUSDT", T0)])  # as rest_fallback would
+    await p.load_script()
+    cases = [(kline("OLDUSDT", T0 + 2 * IV), -1), (kline("NEWUSDT", T0 + 2 * IV), T0 + 2 * IV),
+             (kline("OLDUSDT", T0 + IV), T0 + IV)]  # fmt: skip
+    for k, want_last in cases:
+        raw = await redis_client.execute_command(
+            *p.eval_args([k], [first_or_after(k.open_time - IV)])
+        )
+        published = isinstance(raw[0], bytes)
+        assert published == (want_last != -1), k
+        assert raw[1] == (T0 if want_last == -1 else want_last)
+    got = await stream(redis_client, prefix)
+    assert got == [("OLDUSDT", T0), ("NEWUSDT", T0 + 2 * IV), ("OLDUSDT", T0 + IV)]

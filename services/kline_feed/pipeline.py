@@ -45,10 +45,9 @@ from redis.exceptions import RedisError
 
 from shared.binance.errors import CircuitOpenError, ExchangeError
 from shared.errors import MessageError
-from shared.kline_encoding import AnyKline
+from shared.kline_encoding import AnyKline, first_or_after
 from shared.kline_publisher import (
     CHUNK,
-    NO_EXPECT,
     Backfiller,
     KlinePublisher,
     PublishResult,
@@ -187,8 +186,10 @@ class KlinePipeline:
             if not st.queued:
                 self._start_fill(st)
             return None
-        # the predecessor Redis must hold: known once anything was published or queued
-        expect = NO_EXPECT if st.last is None and not st.queued else k.open_time - self.iv
+        # the predecessor Redis must hold; for a symbol with nothing published yet, it
+        # may also hold nothing (not: anything older, which would leave a hole)
+        pred = k.open_time - self.iv
+        expect = first_or_after(pred) if st.last is None and not st.queued else pred
         self._pending.append(k)
         self._expects.append(expect)
         st.queued += 1

@@ -375,6 +375,7 @@ class KlineFeedService(Service):
             "gaps": p["gaps"],
             "price_flushes": self.price_flushes,
             "refused_klines": p["refused"],
+            "cache_errors": p["cache_errors"],
             "gc_collections": dict(
                 zip(("gen0", "gen1", "gen2"), self.quiet_gc.collections, strict=True)
             ),
