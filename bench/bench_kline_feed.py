@@ -266,7 +266,7 @@ async def _floor_relay(url: str, redis_url: str, stream: str) -> None:
     import hiredis
 
     from shared.binance.schemas import is_closed_kline_fast
-    from shared.kline_encoding import resp_command
+    from shared.resp import resp_command
 
     client = aioredis.from_url(redis_url)
     pool = client.connection_pool

@@ -21,7 +21,6 @@ import msgspec
 
 from shared.codec import encode_event
 from shared.models import Kline
-from shared.resp import resp_command
 
 __all__ = [
     "CACHE_FIELDS",
@@ -38,7 +37,6 @@ __all__ = [
     "kline_entry",
     "pack_cache",
     "pack_publish",
-    "resp_command",
 ]
 
 NO_EXPECT = -1  # `expect` of a kline that may follow whatever Redis holds
@@ -58,8 +56,7 @@ _PROTO = encode_event("kline", {}, symbol="X", event_time=0)
 STREAM_FIELDS: tuple[str, ...] = tuple(_PROTO)  # type, symbol, event_time, v, data
 _values = attrgetter(*KLINE_FIELDS)
 _OPEN_AT = KLINE_FIELDS.index("open_time")
-_TYPE, _VERSION = _PROTO["type"], _PROTO["v"]
-ENTRY_TYPE, ENTRY_VERSION = _TYPE, _VERSION  # the stream entry's `type` and `v` values
+ENTRY_TYPE, ENTRY_VERSION = _PROTO["type"], _PROTO["v"]  # the stream entry's `type`, `v`
 assert STREAM_FIELDS == ("type", "symbol", "event_time", "v", "data"), STREAM_FIELDS
 _CACHE_HEADER: tuple[Any, ...] = (len(CACHE_FIELDS), _OPEN_AT + 1, *CACHE_FIELDS)
 
@@ -153,7 +150,7 @@ def kline_entry(k: AnyKline) -> tuple[list[str], list[Any]]:
     """(cache hash values in CACHE_FIELDS order, stream entry values in STREAM_FIELDS
     order) of one kline, as text (and the event's bytes): what the two scripts write."""
     cache = [v.decode() if isinstance(v, bytes) else v for v in cache_values(k)]
-    return cache, [_TYPE, k.symbol, str(k.event_time), _VERSION, _msgpack(k)]
+    return cache, [ENTRY_TYPE, k.symbol, str(k.event_time), ENTRY_VERSION, _msgpack(k)]
 
 
 def pack_publish(klines: Sequence[AnyKline], expects: Sequence[int] | None = None) -> bytes:

@@ -56,9 +56,9 @@ from shared.kline_encoding import (
     kline_entry,
     pack_cache,
     pack_publish,
-    resp_command,
 )
 from shared.models import Kline
+from shared.resp import resp_command
 
 __all__ = [
     "Backfiller",
@@ -73,7 +73,6 @@ __all__ = [
     "get_price",
     "interval_ms",
     "kline_entry",
-    "resp_command",
 ]
 
 MAX_REST_LIMIT = 1500
